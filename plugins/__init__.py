@@ -1,0 +1,5 @@
+"""First-party sslbench plugins, installed as ``sslbench_plugins``.
+
+Each module is one plugin registered under the ``sslbench`` entry-point group in
+``pyproject.toml``, exactly as a third-party package would register its own.
+"""

@@ -1,0 +1,250 @@
+"""The four things plugins provide, and the task contract shared by pose and pretext training.
+
+Data flows like this::
+
+    ImageDataset --(Task.make_sample)--> sample dict --(DataLoader)--> batch
+        --> Backbone(image, centermap) -> list of stage maps --> Task.loss / Task.new_metric
+
+Pose estimation (:mod:`sslbench.pose`) and every pretext are :class:`Task` objects, so
+one training loop (:func:`sslbench.train.fit`) trains both.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Image indices of one protocol: ``train`` (already cut to the budget), ``val``, ``test``."""
+
+    train: list[int]
+    val: list[int]
+    test: list[int] = field(default_factory=list)
+    #: size of the pool the train budget was drawn from (train sizes above it are errors)
+    pool_size: int = 0
+    warning: str | None = None
+
+
+class ImageDataset(ABC):
+    """Images on disk (or generated), optionally labelled with 14 joints in LSP order."""
+
+    name: ClassVar[str]
+    #: split protocols this dataset understands, first is the default
+    protocols: ClassVar[tuple[str, ...]] = ("standard",)
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+
+    @property
+    @abstractmethod
+    def labelled(self) -> bool:
+        """Whether :meth:`joints` is available."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def image(self, index: int) -> np.ndarray:
+        """RGB ``uint8`` array of shape (H, W, 3)."""
+
+    @abstractmethod
+    def image_id(self, index: int) -> str:
+        """A stable name for image *index*, e.g. ``im0001.jpg``."""
+
+    def joints(self, index: int) -> np.ndarray:
+        """``float32`` (14, 3): x, y in original pixels, visibility (1 = visible, 0 = occluded)."""
+        from sslbench.errors import DataError
+
+        raise DataError(f"dataset {self.name!r} at {self.root} has no joint labels")
+
+    @abstractmethod
+    def splits(self, protocol: str, train_size: int | None, seed: int) -> Splits:
+        """Deterministic split; the train subset depends on *seed* and is nested across sizes."""
+
+    def describe(self) -> dict[str, Any]:
+        """Identity of the data for config hashes (name, root, size)."""
+        return {"name": self.name, "root": str(self.root) if self.root else None, "size": len(self)}
+
+
+# --------------------------------------------------------------------------- models
+
+
+LayerRole = Literal["first", "middle", "later"]
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """A named, ordered group of a backbone's submodules; task adapters are never in a group.
+
+    ``role`` lets a transfer policy speak about any backbone: ``first`` is the layers
+    nearest the image (CPM ``stage1``), ``middle`` the shared feature trunk (CPM
+    ``middle``), ``later`` everything after (CPM ``stage2``.. or a timm head).
+    """
+
+    name: str
+    role: LayerRole
+    modules: tuple[str, ...]
+
+
+class Backbone(nn.Module, ABC):
+    """A network mapping an image (and centre map) to a list of stage outputs.
+
+    Every output is ``(B, num_outputs, input_size // stride, input_size // stride)``;
+    the last one is the prediction, all of them are supervised.
+    """
+
+    def __init__(self, num_outputs: int, input_size: int, stride: int) -> None:
+        super().__init__()
+        self.num_outputs = num_outputs
+        self.input_size = input_size
+        self.stride = stride
+        self._frozen: set[str] = set()
+
+    @abstractmethod
+    def forward(self, image: torch.Tensor, centermap: torch.Tensor | None = None) -> list[torch.Tensor]: ...
+
+    @abstractmethod
+    def layer_groups(self) -> list[LayerGroup]:
+        """Groups ordered from input to output, covering every parameter except the adapters."""
+
+    @abstractmethod
+    def adapters(self) -> list[str]:
+        """Module paths whose weight shapes depend on ``num_outputs`` (never transferred)."""
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """``{"name": entry name, **options}``: enough to rebuild this network with the registry."""
+
+    @property
+    def map_size(self) -> int:
+        return self.input_size // self.stride
+
+    # -- freezing ----------------------------------------------------------------------
+    def freeze(self, module_paths: list[str]) -> None:
+        """Stop gradients into these submodules and keep them in eval mode (no statistics drift)."""
+        for path in module_paths:
+            module = self.get_submodule(path)
+            module.requires_grad_(False)
+            module.eval()
+            self._frozen.add(path)
+
+    @property
+    def frozen(self) -> frozenset[str]:
+        return frozenset(self._frozen)
+
+    def train(self, mode: bool = True) -> "Backbone":
+        super().train(mode)
+        for path in self._frozen:
+            self.get_submodule(path).eval()
+        return self
+
+
+class TransferPolicy(ABC):
+    """Which layer groups of a pretrained backbone initialise the downstream one."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def select(self, groups: list[LayerGroup]) -> list[LayerGroup]:
+        """The groups to transfer (an empty list means: train from random initialisation)."""
+
+
+# ---------------------------------------------------------------------------- tasks
+
+
+@dataclass(frozen=True)
+class SampleKey:
+    """Identifies one draw of one sample, so every random choice is reproducible.
+
+    ``rng()`` changes every epoch (fresh augmentation); ``rng(per_epoch=False)`` is the
+    same for an image in every epoch (for example a fixed set of permutations per image).
+    Evaluation samples always use epoch 0.
+    """
+
+    seed: int
+    index: int
+    epoch: int = 0
+
+    def rng(self, per_epoch: bool = True) -> np.random.Generator:
+        words = (self.seed, self.index, self.epoch) if per_epoch else (self.seed, self.index)
+        return np.random.default_rng(np.random.SeedSequence(list(words)))
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What a task needs to know about the network it feeds."""
+
+    input_size: int
+    stride: int
+
+    @property
+    def map_size(self) -> int:
+        return self.input_size // self.stride
+
+
+class Metric(ABC):
+    """Accumulates over batches, then computes named floats."""
+
+    @abstractmethod
+    def update(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def compute(self) -> dict[str, float]: ...
+
+
+class Task(ABC):
+    """Something a backbone is trained on: a sample transform, an output size, a loss and a metric.
+
+    Samples are dicts of tensors (collated by the default collate function). Every
+    sample has ``image`` (3, S, S) float32 and ``centermap`` (1, S, S) float32; the
+    rest is the task's own (targets, labels, geometry for decoding).
+    """
+
+    name: ClassVar[str]
+    #: whether :meth:`make_sample` needs joints
+    needs_labels: ClassVar[bool] = False
+    #: metric used for model selection on validation, and whether higher is better
+    monitor: ClassVar[str] = "loss"
+    monitor_mode: ClassVar[Literal["min", "max"]] = "min"
+
+    @property
+    @abstractmethod
+    def num_outputs(self) -> int:
+        """Number of output maps the backbone must produce for this task."""
+
+    @abstractmethod
+    def make_sample(
+        self,
+        image: np.ndarray,
+        joints: np.ndarray | None,
+        key: SampleKey,
+        train: bool,
+        geometry: Geometry,
+    ) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def loss(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> torch.Tensor: ...
+
+    @abstractmethod
+    def new_metric(self) -> Metric: ...
+
+    def config(self) -> dict[str, Any]:
+        """Everything that determines this task's samples and loss (hashed for caches)."""
+        return {"name": self.name}
+
+
+class Pretext(Task):
+    """A self-supervised task: pseudo-labels made from unlabelled images."""
+
+    #: ``False`` only for ``none``: no pretraining at all (the supervised baseline)
+    trains: ClassVar[bool] = True
