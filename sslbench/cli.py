@@ -83,6 +83,12 @@ def plugins_command(as_json: bool) -> None:
 
 # -- commands defined in their own modules (one line each, keep sorted) -------------------
 # COMMANDS
+from sslbench.cli_data import data_group  # noqa: E402
+main.add_command(data_group)
+from sslbench.cli_sweep import report_command, sweep_command  # noqa: E402
+
+main.add_command(sweep_command)
+main.add_command(report_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,274 @@
+"""Convolutional Pose Machine backbone (Wei et al., CVPR 2016).
+
+Layer shapes follow the Caffe LEEDS prototxt and namedBen's ``cpm_model.py``: at 368 px,
+full width, 6 stages and 15 outputs the network has 31,219,866 parameters.
+
+Module layout (the names transfer policies and checkpoints see)::
+
+    stage1.features   conv9 3->128, pool, conv9, pool, conv9, pool, conv5 128->32,
+                      conv9 32->512, conv1 512->512            (layer group "stage1", role first)
+    stage1.out        conv1 512->K                             (adapter)
+    middle            conv9 3->128, pool, conv9, pool, conv9, pool
+                      shared image trunk of stages >= 2, run once per forward
+                                                               (layer group "middle", role middle)
+    stageT.features   conv5 128->32                            (layer group "stageT", role later)
+    stageT.fuse       conv11 (32 + K + 1)->128                 (adapter: input depends on K)
+    stageT.refine     conv11, conv11, conv1 128->128           (layer group "stageT")
+    stageT.out        conv1 128->K                             (adapter)
+
+``K`` is ``num_outputs`` and hidden channel counts are multiplied by ``width``. Every
+conv keeps the spatial size; every max pool (3x3, stride 2, padding 1) halves it, so an
+``S x S`` input (S a multiple of 8) gives ``S/8 x S/8`` maps. ReLU follows every conv
+except the stage outputs (``out``). The centre map is average-pooled (9x9, stride 8,
+padding 1, padding not counted) to the same ``S/8 x S/8``.
+
+Initialisation: Kaiming-normal (fan-in, ReLU gain) for every conv followed by a ReLU, so
+activations keep their scale through the deep stack when training from scratch with Adam;
+the stage outputs (``out``) use normal(0, 0.01) like the reference, so initial belief maps
+are near zero. Biases start at zero.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from sslbench.errors import ConfigError
+from sslbench.hookspecs import hookimpl
+from sslbench.interfaces import Backbone, LayerGroup
+from sslbench.registry import Entry
+
+#: stride of every CPM output map relative to the input image
+STRIDE = 8
+#: stage counts that get their own ``cpmN`` entry
+NAMED_STAGES = (3, 4, 5, 6)
+
+
+def _conv(in_channels: int, out_channels: int, kernel: int) -> nn.Conv2d:
+    """A stride-1 convolution with 'same' padding (odd kernels)."""
+    return nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2)
+
+
+def _pool() -> nn.MaxPool2d:
+    """3x3 max pool, stride 2, padding 1: exactly halves any even size."""
+    return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+
+def _image_trunk(channels: int) -> list[nn.Module]:
+    """conv9 3->C, pool, conv9 C->C, pool, conv9 C->C, pool (stride 8)."""
+    return [
+        _conv(3, channels, 9), nn.ReLU(inplace=True), _pool(),
+        _conv(channels, channels, 9), nn.ReLU(inplace=True), _pool(),
+        _conv(channels, channels, 9), nn.ReLU(inplace=True), _pool(),
+    ]  # fmt: skip
+
+
+class FirstStage(nn.Module):
+    """Stage 1: image -> belief maps, from the image alone."""
+
+    def __init__(self, num_outputs: int, c128: int, c32: int, c512: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            *_image_trunk(c128),
+            _conv(c128, c32, 5), nn.ReLU(inplace=True),
+            _conv(c32, c512, 9), nn.ReLU(inplace=True),
+            _conv(c512, c512, 1), nn.ReLU(inplace=True),
+        )  # fmt: skip
+        self.out = _conv(c512, num_outputs, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.out(self.features(image))
+
+
+class LaterStage(nn.Module):
+    """Stage t >= 2: refines the previous beliefs from shared image features and the centre map."""
+
+    def __init__(self, num_outputs: int, c128: int, c32: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(_conv(c128, c32, 5), nn.ReLU(inplace=True))
+        self.fuse = _conv(c32 + num_outputs + 1, c128, 11)
+        self.refine = nn.Sequential(
+            nn.ReLU(inplace=True),
+            _conv(c128, c128, 11), nn.ReLU(inplace=True),
+            _conv(c128, c128, 11), nn.ReLU(inplace=True),
+            _conv(c128, c128, 1), nn.ReLU(inplace=True),
+        )  # fmt: skip
+        self.out = _conv(c128, num_outputs, 1)
+
+    def forward(self, trunk: torch.Tensor, beliefs: torch.Tensor, centermap: torch.Tensor) -> torch.Tensor:
+        features = self.features(trunk)
+        # autocast promotes torch.cat to the widest input dtype: keep everything in one dtype
+        x = torch.cat([features, beliefs.to(features.dtype), centermap.to(features.dtype)], dim=1)
+        return self.out(self.refine(self.fuse(x)))
+
+
+class CPM(Backbone):
+    """Convolutional Pose Machine: ``stages`` belief-map outputs at stride 8.
+
+    ``num_outputs`` maps per stage (15 = 14 joints + background for pose, 9 for the
+    jigsaw-heatmap pretext). ``width`` multiplies every hidden channel count (128, 32,
+    512). ``centermap_sigma`` (input pixels) shapes the default centre map used when
+    ``forward`` gets none: a Gaussian at the image centre.
+    """
+
+    def __init__(
+        self,
+        num_outputs: int,
+        stages: int = 6,
+        width: float = 1.0,
+        input_size: int = 368,
+        centermap_sigma: float = 21.0,
+        *,
+        entry_name: str = "cpm",
+    ) -> None:
+        _check_int("num_outputs", num_outputs, minimum=1)
+        _check_int("stages", stages, minimum=1)
+        _check_input_size(input_size)
+        _check_positive("width", width)
+        _check_positive("centermap_sigma", centermap_sigma)
+        super().__init__(num_outputs=num_outputs, input_size=input_size, stride=STRIDE)
+        self.stages = stages
+        self.width = float(width)
+        self.centermap_sigma = float(centermap_sigma)
+        self.entry_name = entry_name
+
+        c128, c32, c512 = (max(1, round(c * width)) for c in (128, 32, 512))
+        self.stage1 = FirstStage(num_outputs, c128, c32, c512)
+        if stages >= 2:
+            self.middle = nn.Sequential(*_image_trunk(c128))
+        for t in range(2, stages + 1):
+            self.add_module(f"stage{t}", LaterStage(num_outputs, c128, c32))
+        self.centermap_pool = nn.AvgPool2d(kernel_size=9, stride=STRIDE, padding=1, count_include_pad=False)
+        self._centermaps: dict[tuple[int, int, str, torch.dtype], torch.Tensor] = {}
+        self._init_weights()
+
+    # -- construction helpers -------------------------------------------------------------
+    def _init_weights(self) -> None:
+        outputs = {id(self.get_submodule(path)) for path in self._output_paths()}
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                if id(module) in outputs:
+                    nn.init.normal_(module.weight, std=0.01)
+                else:
+                    nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+    def _output_paths(self) -> list[str]:
+        return ["stage1.out"] + [f"stage{t}.out" for t in range(2, self.stages + 1)]
+
+    def default_centermap(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(1, 1, H, W) Gaussian of sigma ``centermap_sigma`` at the image centre (cached)."""
+        key = (height, width, str(device), dtype)
+        if key not in self._centermaps:
+            ys = torch.arange(height, dtype=torch.float32) - (height - 1) / 2
+            xs = torch.arange(width, dtype=torch.float32) - (width - 1) / 2
+            d2 = ys[:, None] ** 2 + xs[None, :] ** 2
+            gauss = torch.exp(-d2 / (2 * self.centermap_sigma**2))
+            self._centermaps[key] = gauss[None, None].to(device=device, dtype=dtype)
+        return self._centermaps[key]
+
+    # -- forward ----------------------------------------------------------------------------
+    def forward(self, image: torch.Tensor, centermap: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """``image`` (B, 3, S, S), ``centermap`` (B, 1, S, S) or None -> ``stages`` maps (B, K, S/8, S/8)."""
+        beliefs = self.stage1(image)
+        outputs = [beliefs]
+        if self.stages == 1:
+            return outputs
+        if centermap is None:
+            height, width = image.shape[-2:]
+            centermap = self.default_centermap(height, width, image.device, image.dtype)
+            centermap = centermap.expand(image.shape[0], -1, -1, -1)
+        pooled_centre = self.centermap_pool(centermap)
+        trunk = self.middle(image)  # shared by every later stage: computed once
+        for t in range(2, self.stages + 1):
+            stage: LaterStage = getattr(self, f"stage{t}")
+            beliefs = stage(trunk, beliefs, pooled_centre)
+            outputs.append(beliefs)
+        return outputs
+
+    # -- Backbone contract ------------------------------------------------------------------
+    def layer_groups(self) -> list[LayerGroup]:
+        """``stage1`` (first), ``middle`` (middle, if stages >= 2), ``stage2``.. (later)."""
+        groups = [LayerGroup("stage1", "first", ("stage1.features",))]
+        if self.stages >= 2:
+            groups.append(LayerGroup("middle", "middle", ("middle",)))
+        for t in range(2, self.stages + 1):
+            groups.append(LayerGroup(f"stage{t}", "later", (f"stage{t}.features", f"stage{t}.refine")))
+        return groups
+
+    def adapters(self) -> list[str]:
+        """``stage1.out`` and each later stage's ``fuse`` and ``out``: 11 for 6 stages."""
+        paths = ["stage1.out"]
+        for t in range(2, self.stages + 1):
+            paths += [f"stage{t}.fuse", f"stage{t}.out"]
+        return paths
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "name": self.entry_name,
+            "stages": self.stages,
+            "width": self.width,
+            "input_size": self.input_size,
+            "centermap_sigma": self.centermap_sigma,
+        }
+
+
+def _check_int(option: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"backbone option {option} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_input_size(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < STRIDE or value % STRIDE:
+        raise ConfigError(f"backbone option input_size must be a positive multiple of 8, got {value!r}")
+
+
+def _check_positive(option: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"backbone option {option} must be a number > 0, got {value!r}")
+
+
+#: options every CPM entry accepts (besides ``num_outputs``)
+OPTIONS = ("stages", "width", "input_size", "centermap_sigma")
+
+
+def _factory(entry_name: str, stages: int) -> Callable[..., CPM]:
+    """Build a CPM for *entry_name*, naming any option it does not know in a ConfigError."""
+
+    def create(num_outputs: int, **options: Any) -> CPM:
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"backbone {entry_name!r}: unknown option(s) {', '.join(unknown)}; accepted: {', '.join(OPTIONS)}"
+            )
+        return CPM(num_outputs, **{"stages": stages, **options}, entry_name=entry_name)
+
+    return create
+
+
+@hookimpl
+def sslbench_backbones() -> list[Entry]:
+    """``cpm`` (6 stages unless ``stages`` is given) and ``cpm3``..``cpm6``.
+
+    Each ``cpmN`` sets the default stage count; an explicit ``stages`` option still
+    wins, so profiles that shrink the network (``stages: 2``) work with any CPM entry.
+    """
+    entries = [
+        Entry(
+            "cpm",
+            "Convolutional Pose Machine (Wei et al. 2016), option stages (default 6)",
+            _factory("cpm", stages=6),
+        )
+    ]
+    for n in NAMED_STAGES:
+        entries.append(
+            Entry(
+                f"cpm{n}",
+                f"Convolutional Pose Machine, {n} stages (Wei et al. 2016)",
+                _factory(f"cpm{n}", stages=n),
+            )
+        )
+    return entries

@@ -1,0 +1,68 @@
+"""Any folder of images as an unlabelled pretext pool.
+
+Files ending in .jpg, .jpeg, .png, .bmp or .webp (any case) directly inside ``root``
+are used, sorted by name; subfolders are not searched (so a folder of several
+datasets is not mixed by accident) and hidden files are ignored. Protocol
+``standard`` holds out 5% (at most 500, at least 1) for validation, like ``lspet``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sslbench.errors import DataError
+from sslbench.hookspecs import hookimpl
+from sslbench.imageio import ImageFileDataset, reject_options, require_root
+from sslbench.interfaces import Splits
+from sslbench.registry import Entry
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class ImageFolder(ImageFileDataset):
+    """The images directly inside one folder, unlabelled."""
+
+    name = "folder"
+    protocols = ("standard",)
+
+    def __init__(self, root: Path | str | None, skip_bad: bool = False, cache_bytes: int | None = None) -> None:
+        root = require_root(root, self.name)
+        super().__init__(root, cache_bytes)
+        self.paths = sorted(
+            p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        )
+        if not self.paths:
+            raise DataError(
+                f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder (subfolders are not searched)"
+            )
+        if skip_bad:
+            count = len(self.paths)
+            self._drop_unreadable()
+            if not self.paths:
+                raise DataError(f"{root}: no readable images (all {count} image files are unreadable)")
+
+    @property
+    def labelled(self) -> bool:
+        return False
+
+    def splits(self, protocol: str, train_size: int | None, seed: int) -> Splits:
+        return self.unlabelled_splits(protocol, train_size, seed)
+
+
+def create(root: Path | str | None = None, skip_bad: bool = False, **options: Any) -> ImageFolder:
+    """Registry factory: ``root`` is the folder of images."""
+    cache_bytes = options.pop("cache_bytes", None)
+    reject_options(ImageFolder.name, options)
+    return ImageFolder(root, skip_bad=skip_bad, cache_bytes=cache_bytes)
+
+
+@hookimpl
+def sslbench_datasets() -> list[Entry]:
+    return [
+        Entry(
+            "folder",
+            "Any folder of images (jpg, jpeg, png, bmp, webp; not recursive) as an unlabelled pretext pool",
+            create,
+        )
+    ]

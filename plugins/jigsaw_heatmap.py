@@ -1,0 +1,168 @@
+"""``jigsaw-heatmap``: solve a 3x3 jigsaw puzzle with belief maps (the report's sec. 3.3.3).
+
+The input is the centre square of an unlabelled image cut into 3x3 tiles with a gap
+between tiles and shuffled by a derangement (see :mod:`sslbench.jigsaw`). The network
+predicts 9 maps, one per shuffled position: map ``i`` should peak at the centre of the
+cell that the tile now at position ``i`` came from. On the report's 46 x 46 maps the
+cell centres are 8, 24, 39 and the Gaussians have sigma 5; both scale with the map
+size. The loss is the CPM's: squared error summed over maps and pixels, averaged over
+the batch, summed over stages (intermediate supervision).
+
+Metric: ``tile_acc`` (the peak of map ``i`` lies nearest the centre of tile ``i``'s true
+cell; chance 1/9 = 11.1 %), ``puzzle_acc`` (all 9 right) and ``loss``.
+
+Options: ``permutations`` (``fixed:10`` as in the report, ``fresh`` or ``set:N``),
+``tile_crop`` (each tile a random window inside its cell, against edge-continuity
+shortcuts; off as in the report), ``sigma`` (map pixels; default 5 x m / 46), ``gap``
+(pixels between tiles at 368 px input, scaled with the input size, at least 1 px),
+``centres`` (``report``: the report's cell centres, or ``exact``: the tiles' true
+centres) and ``augment`` (light zoom/shift/flip/colour augmentation when training).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from sslbench.hookspecs import hookimpl
+from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey
+from sslbench.jigsaw import (
+    GRID,
+    NUM_TILES,
+    REPORT_GAP,
+    REPORT_MAP_SIZE,
+    REPORT_SIGMA,
+    PermutationMode,
+    TileLayout,
+    cell_centres,
+    decode_cells,
+    make_puzzle,
+    puzzle_hits,
+    puzzle_targets,
+    scaled_gap,
+)
+from sslbench.pipeline import to_tensor
+from sslbench.pretexts import (
+    Averages,
+    base_sample,
+    batch_size,
+    check_geometry,
+    option_bool,
+    option_choice,
+    option_float,
+    option_int,
+    pretext_factory,
+    square_view,
+)
+from sslbench.registry import Entry
+
+
+class JigsawHeatmap(Pretext):
+    """The report's heatmap jigsaw: 9 belief maps, map ``i`` peaks at the origin cell of tile ``i``."""
+
+    name = "jigsaw-heatmap"
+    monitor = "tile_acc"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        permutations: str = "fixed:10",
+        tile_crop: bool = False,
+        sigma: float | None = None,
+        gap: int = REPORT_GAP,
+        centres: str = "report",
+        augment: bool = True,
+    ) -> None:
+        self.permutations = PermutationMode.parse(permutations)
+        self.tile_crop = option_bool(self.name, "tile_crop", tile_crop)
+        self.sigma = None if sigma is None else option_float(self.name, "sigma", sigma, 0.0, 1000.0, open_low=True)
+        self.gap = option_int(self.name, "gap", gap, 0, 100)
+        self.centres = option_choice(self.name, "centres", centres, ("report", "exact"))
+        self.augment = option_bool(self.name, "augment", augment)
+
+    @property
+    def num_outputs(self) -> int:
+        return NUM_TILES
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "permutations": self.permutations.text,
+            "tile_crop": self.tile_crop,
+            "sigma": self.sigma,
+            "gap": self.gap,
+            "centres": self.centres,
+            "augment": self.augment,
+        }
+
+    # -- samples ------------------------------------------------------------------------
+    def map_sigma(self, map_size: int) -> float:
+        """Gaussian sigma in map pixels: the option, or the report's 5 at 46 scaled to *map_size*."""
+        return self.sigma if self.sigma is not None else REPORT_SIGMA * map_size / REPORT_MAP_SIZE
+
+    def layout(self, geometry: Geometry) -> TileLayout:
+        return TileLayout(geometry.input_size, scaled_gap(geometry.input_size, self.gap))
+
+    def make_sample(
+        self, image: np.ndarray, joints: np.ndarray | None, key: SampleKey, train: bool, geometry: Geometry
+    ) -> dict[str, Any]:
+        """``image`` (3,S,S) puzzle, ``centermap``, ``target`` (9,m,m), ``perm`` (9,), ``cell_centres`` (3,)."""
+        check_geometry(self.name, geometry, minimum_map=GRID)
+        layout = self.layout(geometry)
+        m = geometry.map_size
+        centres = cell_centres(m, self.centres, layout, geometry.stride)  # type: ignore[arg-type]
+        rng = key.rng()
+        perm, _ = self.permutations.draw(key, rng)
+        view = square_view(image, layout.source_size(self.tile_crop), rng if train and self.augment else None)
+        puzzle = make_puzzle(to_tensor(view), perm, layout, rng if self.tile_crop else None)
+        target = puzzle_targets(perm, centres, m, self.map_sigma(m))
+        return {
+            **base_sample(puzzle, geometry),
+            "target": torch.from_numpy(target),
+            "perm": torch.from_numpy(np.asarray(perm, dtype=np.int64)),
+            "cell_centres": torch.from_numpy(centres.astype(np.float32)),
+        }
+
+    # -- training -----------------------------------------------------------------------
+    def loss(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        """Squared error summed over maps and pixels, mean over the batch, summed over stages."""
+        target = batch["target"]
+        n = batch_size(batch)
+        return sum(((out.float() - target) ** 2).sum() / n for out in outputs)  # type: ignore[return-value]
+
+    def new_metric(self) -> Metric:
+        return HeatmapJigsawMetric(self)
+
+
+class HeatmapJigsawMetric(Metric):
+    """Tile and whole-puzzle accuracy of the last stage's peaks (percent), and the loss."""
+
+    def __init__(self, task: JigsawHeatmap) -> None:
+        self.task = task
+        self.averages = Averages()
+
+    @torch.no_grad()
+    def update(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> None:
+        n = batch_size(batch)
+        self.averages.add("loss", float(self.task.loss(outputs, batch)) * n, n)
+        predicted = decode_cells(outputs[-1], batch["cell_centres"][0])
+        tiles, puzzles = puzzle_hits(predicted, batch["perm"])
+        self.averages.add("tile_acc", 100.0 * tiles, n * NUM_TILES)
+        self.averages.add("puzzle_acc", 100.0 * puzzles, n)
+
+    def compute(self) -> dict[str, float]:
+        return self.averages.compute()
+
+
+@hookimpl
+def sslbench_pretexts() -> list[Entry]:
+    return [
+        Entry(
+            "jigsaw-heatmap",
+            "3x3 jigsaw as 9 belief maps peaking at each tile's origin cell (report sec. 3.3.3); "
+            "options: permutations, tile_crop, sigma, gap, centres, augment",
+            pretext_factory(JigsawHeatmap),
+        )
+    ]

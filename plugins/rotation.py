@@ -1,0 +1,92 @@
+"""``rotation``: predict how far the image was turned, 0, 90, 180 or 270 degrees (Gidaris et al. 2018).
+
+The centre square of an unlabelled image is turned by ``k`` quarter turns counter-
+clockwise (``k`` drawn per sample and epoch) and the network classifies ``k``: 4 output
+maps, global average pooled to 4 logits, cross-entropy summed over stages. Metric:
+``rot_acc`` (percent; chance 25 %) and ``loss``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sslbench.hookspecs import hookimpl
+from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey
+from sslbench.pipeline import to_tensor
+from sslbench.pretexts import Averages, base_sample, batch_size, check_geometry, option_bool, pretext_factory, square_view
+from sslbench.registry import Entry
+
+NUM_ROTATIONS = 4
+
+
+class Rotation(Pretext):
+    """Four-way rotation classification from globally pooled maps."""
+
+    name = "rotation"
+    monitor = "rot_acc"
+    monitor_mode = "max"
+
+    def __init__(self, augment: bool = True) -> None:
+        self.augment = option_bool(self.name, "augment", augment)
+
+    @property
+    def num_outputs(self) -> int:
+        return NUM_ROTATIONS
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "augment": self.augment}
+
+    def make_sample(
+        self, image: np.ndarray, joints: np.ndarray | None, key: SampleKey, train: bool, geometry: Geometry
+    ) -> dict[str, Any]:
+        """``image`` turned by ``label`` quarter turns counter-clockwise, ``centermap``, ``label``."""
+        check_geometry(self.name, geometry)
+        rng = key.rng()
+        quarter_turns = int(rng.integers(NUM_ROTATIONS))
+        view = square_view(image, geometry.input_size, rng if train and self.augment else None)
+        turned = torch.rot90(to_tensor(view), quarter_turns, dims=(1, 2))
+        return {**base_sample(turned, geometry), "label": torch.tensor(quarter_turns, dtype=torch.int64)}
+
+    @staticmethod
+    def logits(output: torch.Tensor) -> torch.Tensor:
+        return output.float().mean(dim=(2, 3))
+
+    def loss(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        """Cross-entropy of the pooled logits, summed over stages."""
+        return sum(F.cross_entropy(self.logits(out), batch["label"]) for out in outputs)  # type: ignore[return-value]
+
+    def new_metric(self) -> Metric:
+        return RotationMetric(self)
+
+
+class RotationMetric(Metric):
+    """Rotation accuracy (percent) of the last stage, and the loss."""
+
+    def __init__(self, task: Rotation) -> None:
+        self.task = task
+        self.averages = Averages()
+
+    @torch.no_grad()
+    def update(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> None:
+        n = batch_size(batch)
+        self.averages.add("loss", float(self.task.loss(outputs, batch)) * n, n)
+        predicted = self.task.logits(outputs[-1]).argmax(dim=1)
+        self.averages.add("rot_acc", 100.0 * float((predicted == batch["label"]).sum()), n)
+
+    def compute(self) -> dict[str, float]:
+        return self.averages.compute()
+
+
+@hookimpl
+def sslbench_pretexts() -> list[Entry]:
+    return [
+        Entry(
+            "rotation",
+            "predict the rotation (0/90/180/270 degrees) of the centre crop (Gidaris et al. 2018); options: augment",
+            pretext_factory(Rotation),
+        )
+    ]

@@ -1,0 +1,53 @@
+"""``none``: no pretext and no pretraining, the supervised baseline.
+
+The pose network starts from random initialisation and trains on the labelled images
+only. The runner checks :attr:`Pretext.trains` and never asks this pretext for samples;
+if anything does, it gets a clear error instead of a silent dummy task.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+
+from sslbench.errors import ConfigError
+from sslbench.hookspecs import hookimpl
+from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey
+from sslbench.pretexts import pretext_factory
+from sslbench.registry import Entry
+
+
+def _does_not_train(what: str) -> NoReturn:
+    raise ConfigError(f"pretext none does not train (asked for its {what}); it means: no pretraining")
+
+
+class NoPretext(Pretext):
+    """No pretraining: ``trains`` is False and every training method raises ConfigError."""
+
+    name = "none"
+    trains = False
+
+    @property
+    def num_outputs(self) -> int:
+        _does_not_train("number of outputs")
+
+    def make_sample(
+        self, image: np.ndarray, joints: np.ndarray | None, key: SampleKey, train: bool, geometry: Geometry
+    ) -> dict[str, Any]:
+        _does_not_train("samples")
+
+    def loss(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        _does_not_train("loss")
+
+    def new_metric(self) -> Metric:
+        _does_not_train("metric")
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+@hookimpl
+def sslbench_pretexts() -> list[Entry]:
+    return [Entry("none", "no pretraining: the supervised baseline, trained from random initialisation", pretext_factory(NoPretext))]

@@ -1,0 +1,118 @@
+"""``sslbench run``: one cell, from pretext pretraining to the test-set metric table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from sslbench.config import RunConfig, apply_overrides, parse_assignment, profile_config, set_path
+from sslbench.transfer import parse_policy
+
+
+def option_pairs(values: tuple[str, ...], option: str) -> dict[str, Any]:
+    """``("width=0.5", "stages=3")`` -> ``{"width": 0.5, "stages": 3}``."""
+    pairs = {}
+    for text in values:
+        path, value = parse_assignment(text)
+        if len(path) != 1:
+            raise click.BadParameter(f"{text!r}: expected KEY=VALUE", param_hint=option)
+        pairs[path[0]] = value
+    return pairs
+
+
+def build_config(
+    profile: str,
+    fields: dict[str, Any],
+    backbone_options: dict[str, Any],
+    pretext_options: dict[str, Any],
+    settings: dict[str, Any],
+    assignments: tuple[str, ...],
+) -> RunConfig:
+    """Profile defaults, then named options, then ``--set`` assignments (last wins)."""
+    config = profile_config(profile)
+    overrides: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+    if "policy" in overrides:
+        overrides["policy"], frozen = parse_policy(overrides["policy"])
+        overrides["freeze"] = overrides.get("freeze") or frozen
+    overrides["backbone_options"] = backbone_options
+    overrides["pretext_options"] = pretext_options
+    overrides["downstream"] = {k: v for k, v in settings.items() if v is not None}
+    config = apply_overrides(config, overrides)
+    for text in assignments:
+        path, value = parse_assignment(text)
+        config = set_path(config, path, value)
+    return config
+
+
+def config_options(function):
+    """The options shared by ``run`` and ``sweep``-like commands that build a RunConfig."""
+    options = [
+        click.option("--profile", default="cpu", show_default=True, help="paper | cpu | smoke: starting settings."),
+        click.option("--backbone", help="Backbone plugin name (default cpm6)."),
+        click.option("--pretext", help="Pretext plugin name, or none for supervised training."),
+        click.option("--policy", help="Transfer policy: all, first, first+middle or none; ':frozen' suffix freezes."),
+        click.option("--freeze/--finetune", default=None, help="Freeze transferred layers (default fine-tune)."),
+        click.option("--data", help="Labelled dataset plugin (default synthetic)."),
+        click.option("--root", help="Folder of the labelled dataset."),
+        click.option("--protocol", help="Split protocol of the labelled dataset (default standard)."),
+        click.option("--train-size", type=int, help="Number of labelled training images (seeded subset)."),
+        click.option("--seed", type=int, help="Seed of subsets, initialisation and augmentation."),
+        click.option("--pretext-data", help="Unlabelled dataset plugin for pretraining (default synthetic)."),
+        click.option("--pretext-root", help="Folder of the unlabelled images."),
+        click.option("--pretext-images", type=int, help="Use at most this many unlabelled images."),
+        click.option("--pretext-opt", multiple=True, metavar="KEY=VALUE", help="Pretext option (repeatable)."),
+        click.option("--backbone-opt", multiple=True, metavar="KEY=VALUE", help="Backbone option (repeatable)."),
+        click.option("--input-size", type=int, help="Network input size in pixels (multiple of 8)."),
+        click.option("--width", type=float, help="Channel width multiplier of the backbone."),
+        click.option("--epochs", type=int, help="Downstream epochs."),
+        click.option("--batch-size", type=int, help="Downstream batch size."),
+        click.option("--lr", type=float, help="Downstream learning rate."),
+        click.option("--device", help="auto | cpu | cuda | cuda:N (both phases)."),
+        click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+                     help="Any setting, e.g. pretrain.epochs=3 or downstream.precision=fp32."),  # fmt: skip
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def config_from_options(options: dict[str, Any]) -> RunConfig:
+    backbone_options = option_pairs(options.pop("backbone_opt"), "--backbone-opt")
+    for key in ("input_size", "width"):
+        if options.get(key) is not None:
+            backbone_options[key] = options[key]
+        options.pop(key, None)
+    pretext_options = option_pairs(options.pop("pretext_opt"), "--pretext-opt")
+    settings = {"epochs": options.pop("epochs"), "batch_size": options.pop("batch_size"), "lr": options.pop("lr")}
+    device = options.pop("device")
+    assignments = options.pop("assignments")
+    if device:
+        assignments = (f"pretrain.device={device}", f"downstream.device={device}", *assignments)
+    profile = options.pop("profile")
+    config = build_config(profile, options, backbone_options, pretext_options, settings, assignments)
+    config.validate()
+    return config
+
+
+@click.command("run")
+@config_options
+@click.option("--workdir", default="runs", show_default=True, type=click.Path(path_type=Path),
+              help="Checkpoints, logs and the pretext cache.")  # fmt: skip
+@click.option("--results", "results_dir", default="results/default", show_default=True, type=click.Path(path_type=Path),
+              help="Results store that `sslbench report` reads.")  # fmt: skip
+@click.option("--fresh", is_flag=True, help="Discard an unfinished run of this cell instead of resuming it.")
+def run_command(workdir: Path, results_dir: Path, fresh: bool, **options: Any) -> None:
+    """Pretrain (or not), transfer, train the pose estimator, evaluate on test once."""
+    from sslbench.results import write_record
+    from sslbench.runner import run_cell
+    from sslbench.cli_model import print_metrics
+
+    console = Console()
+    config = config_from_options(options)
+    record = run_cell(config, workdir, resume=not fresh, console=console)
+    write_record(results_dir, record)
+    print_metrics(console, record, title=f"{record['strategy']} - test set ({record['train_size']} train images)")
+    console.print(f"result stored in {results_dir} (cell {record['cell_id']})")

@@ -1,0 +1,183 @@
+"""Pieces every pretext plugin shares: option checks, the unlabelled view, the base sample, averages.
+
+Every pretext starts from the same view of an unlabelled image: its centred square
+(:func:`sslbench.pipeline.centre_square`) resampled to the size the task needs. When
+training, the view is lightly augmented: zoomed in by up to 20 % at a random offset
+(the view never leaves the image, so no fill pixels appear), mirrored half of the
+time, and jittered in brightness and contrast by up to 20 %. Evaluation views are the
+plain centre square. All random draws come from the generator the caller passes
+(``key.rng()``), so samples are reproducible by seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from sslbench.errors import ConfigError, DataError
+from sslbench.interfaces import Geometry, Pretext
+from sslbench.pipeline import centre_map, centre_square, crop_matrix, to_tensor, warp
+
+#: the CPM centre-map sigma at 368 px, scaled with the input size
+CENTREMAP_SIGMA_AT_368 = 21.0
+
+
+# ---------------------------------------------------------------------------- options
+
+
+def pretext_factory(cls: type[Pretext]) -> Callable[..., Pretext]:
+    """A registry factory for *cls* that turns unknown option names into a ConfigError."""
+    parameters = inspect.signature(cls.__init__).parameters
+    known = [name for name in parameters if name != "self"]
+
+    @functools.wraps(cls)
+    def factory(**options: Any) -> Pretext:
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            available = ", ".join(known) or "none"
+            raise ConfigError(f"pretext {cls.name}: unknown option {unknown[0]!r} (options: {available})")
+        return cls(**options)
+
+    return factory
+
+
+def option_bool(pretext: str, option: str, value: Any) -> bool:
+    """*value* as a bool (``True``/``False`` or 0/1), else a ConfigError naming the option."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    raise ConfigError(f"pretext {pretext}: option {option} must be true or false, got {value!r}")
+
+
+def option_float(pretext: str, option: str, value: Any, low: float, high: float, *, open_low: bool = False) -> float:
+    """*value* as a finite float in [low, high] (``(low, high]`` with *open_low*)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if open_low else value >= low) and value <= high
+    if not ok:
+        bracket = "(" if open_low else "["
+        raise ConfigError(f"pretext {pretext}: option {option} must be a number in {bracket}{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def option_int(pretext: str, option: str, value: Any, low: int, high: int) -> int:
+    """*value* as an int in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise ConfigError(f"pretext {pretext}: option {option} must be an integer in [{low}, {high}], got {value!r}")
+    return int(value)
+
+
+def option_choice(pretext: str, option: str, value: Any, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"pretext {pretext}: option {option} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
+# ------------------------------------------------------------------------------ views
+
+
+@dataclass(frozen=True)
+class ViewAugment:
+    """Light augmentation of the centre-square view of an unlabelled image."""
+
+    #: the view is zoomed in by a factor drawn from [1, 1 + zoom]
+    zoom: float = 0.2
+    flip: bool = True
+    #: brightness and contrast factors are drawn from [1 - x, 1 + x]
+    brightness: float = 0.2
+    contrast: float = 0.2
+
+
+LIGHT = ViewAugment()
+
+
+def check_image(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", type(image).__name__)
+        raise DataError(f"pretext input must be an RGB uint8 array (H, W, 3), got shape {shape} dtype {dtype}")
+    if min(image.shape[:2]) < 1:
+        raise DataError(f"pretext input image is empty: shape {image.shape}")
+
+
+def square_view(
+    image: np.ndarray, size: int, rng: np.random.Generator | None = None, augment: ViewAugment = LIGHT
+) -> np.ndarray:
+    """The centre square of *image* as a (size, size, 3) uint8 view; augmented when *rng* is given."""
+    check_image(image)
+    height, width = image.shape[:2]
+    (cx, cy), side = centre_square(height, width)
+    scale, flip = 1.0, False
+    if rng is not None:
+        scale = float(rng.uniform(1.0, 1.0 + augment.zoom))
+        slack = (side - side / scale) / 2.0  # how far the zoomed square may move and stay inside
+        cx += float(rng.uniform(-slack, slack))
+        cy += float(rng.uniform(-slack, slack))
+        flip = bool(augment.flip and rng.random() < 0.5)
+    view = warp(image, crop_matrix((cx, cy), side, size, scale=scale, flip=flip), size)
+    if rng is not None and (augment.brightness or augment.contrast):
+        view = colour_jitter(view, rng, augment.brightness, augment.contrast)
+    return view
+
+
+def colour_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float, contrast: float) -> np.ndarray:
+    """Scale brightness and contrast by random factors in [1 - x, 1 + x] (uint8 in, uint8 out)."""
+    b = rng.uniform(1.0 - brightness, 1.0 + brightness)
+    c = rng.uniform(1.0 - contrast, 1.0 + contrast)
+    pixels = image.astype(np.float32) * b
+    pixels = (pixels - pixels.mean()) * c + pixels.mean()
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def _centre_map(input_size: int) -> np.ndarray:
+    return centre_map(input_size, sigma=CENTREMAP_SIGMA_AT_368 * input_size / 368.0)
+
+
+def centre_map_tensor(input_size: int) -> torch.Tensor:
+    """(1, S, S) CPM centre map, sigma 21 px at 368 scaled with the input size (a fresh tensor)."""
+    return torch.from_numpy(_centre_map(input_size).copy())
+
+
+def base_sample(image: torch.Tensor, geometry: Geometry) -> dict[str, Any]:
+    """``{"image", "centermap"}``: what every sample carries."""
+    return {"image": image.contiguous(), "centermap": centre_map_tensor(geometry.input_size)}
+
+
+def check_geometry(pretext: str, geometry: Geometry, minimum_map: int = 1) -> None:
+    if geometry.input_size < 1 or geometry.stride < 1 or geometry.map_size < minimum_map:
+        raise ConfigError(
+            f"pretext {pretext} needs output maps of at least {minimum_map}x{minimum_map}; "
+            f"input {geometry.input_size} px at stride {geometry.stride} gives {geometry.map_size}"
+        )
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+class Averages:
+    """Running sums and counts of named quantities; :meth:`compute` gives their means."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+
+    def add(self, name: str, total: float, count: float) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + float(total)
+        self.counts[name] = self.counts.get(name, 0.0) + float(count)
+
+    def mean(self, name: str) -> float:
+        count = self.counts.get(name, 0.0)
+        return self.sums[name] / count if count else float("nan")
+
+    def compute(self) -> dict[str, float]:
+        return {name: self.mean(name) for name in self.sums}
+
+
+def batch_size(batch: dict[str, Any]) -> int:
+    return int(batch["image"].shape[0])

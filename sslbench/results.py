@@ -1,0 +1,377 @@
+"""The results store: one JSON record per benchmark cell, and a flat table for pandas.
+
+Layout of a results directory (default ``./results/<sweep name>/``)::
+
+    cells/<cell_id>.json   one record per cell (the source of truth), written atomically
+    results.csv            the flat table below, regenerated after every finished cell
+    logs/<cell_id>.log     output of cells run in worker processes, and tracebacks of failures
+    locks/                 claim locks: a cell is run by one process at a time
+
+Read it with plain pandas, either the derived table or the records themselves::
+
+    import pandas as pd
+    df = pd.read_csv("results/example-synthetic/results.csv")
+    # or, straight from the records (same columns before renaming):
+    import glob, json
+    df = pd.json_normalize([json.load(open(p)) for p in glob.glob("results/example-synthetic/cells/*.json")])
+    # or: sslbench.results.load_results("results/example-synthetic")
+
+Columns of ``results.csv`` / :func:`load_results` (one row per cell; PCK and AUC in percent, 0-100):
+
+==============================  =====================================================================
+column                          meaning
+==============================  =====================================================================
+``cell_id``                     hash of the full run config (``config_hash(config)``); the record's file name
+``status``                      ``done`` or ``failed``
+``error``                       why a failed cell failed (empty when done)
+``strategy``                    ``supervised`` or ``<pretext>/<policy>`` plus ``:frozen`` when transferred layers were frozen
+``pretext``                     pretext task (``none`` for supervised training from scratch)
+``policy``                      transfer policy (``none``, ``all``, ``first``, ``first+middle``, or a plugin's)
+``freeze``                      whether the transferred layers were frozen downstream
+``mode``                        ``scratch``, ``fine-tuned`` or ``frozen``
+``backbone``                    network name (``cpm6``, ...); options are in ``config.backbone_options.*``
+``profile``                     profile the config was built from (``paper``, ``cpu``, ``smoke``)
+``data`` / ``protocol``         labelled dataset and its split protocol
+``pretext_data``                unlabelled dataset of the pretext phase
+``train_size``                  number of labelled training images actually used
+``seed``                        run seed (training budget subset, initialisation, augmentation)
+``pck@0.2`` ``pck@0.1``         test PCK at 0.2 / 0.1 x torso size, all 14 joints
+``auc@0.2``                     area under the PCK curve for thresholds 0..0.2
+``val_pck@0.2``                 validation PCK@0.2 of the selected (best) epoch
+``test_loss``                   test loss of the selected checkpoint
+``report_loss``                 the original report's scaled MSE on the test set (lower is better)
+``best_epoch``                  epoch selected on validation
+``converge_epoch``              epoch after which validation stopped improving (the report's "converge epochs")
+``epochs_run``                  downstream epochs actually trained (early stopping ends sooner)
+``joint.<name>``                test PCK@0.2 of one joint (``joint.r_ankle`` ... ``joint.head_top``)
+``part.<Part>``                 test PCK@0.2 per part, left and right averaged: Head, Shoulder, Elbow,
+                                Wrist, Hip, Knee, Ankle, and Mean
+``pretext.<name>``              final metrics of the pretext task (e.g. ``pretext.tile_accuracy``);
+                                empty for supervised cells
+``timing.pretrain_s``           seconds of pretext training (0 when it came from the cache)
+``timing.pretrain_cached``      whether the pretrained weights were reused from an earlier cell
+``timing.downstream_s``         seconds of downstream training
+``timing.eval_s``               seconds of the final test evaluation
+``timing.total_s``              wall seconds of the whole cell
+``timing.downstream_img_per_s`` downstream training throughput (images per second)
+``timing.pretrain_img_per_s``   pretext training throughput (empty when cached or supervised)
+``env.*``                       where it ran: ``env.sslbench``, ``env.torch``, ``env.python``,
+                                ``env.platform``, ``env.device``, ``env.cpu``, ``env.threads``,
+                                ``env.gpu``, ``env.commit`` (``+dirty`` marks local changes)
+``files.*``                     ``files.run_dir``, ``files.metrics_jsonl`` (per-epoch curves, JSON lines),
+                                ``files.best_checkpoint``
+``config.<field>``              every field of the run config, nested ones dotted
+                                (``config.downstream.lr``, ``config.backbone_options.width``)
+``schema``                      record format version (currently 1)
+``created``                     ISO time the record was written
+``source``                      the record file the row was read from
+==============================  =====================================================================
+
+Records are written atomically (temporary file in the same directory, fsync, ``os.replace``),
+so a process killed at any moment leaves either the old record or the new one, never a
+truncated file. Records written by an older or newer sslbench load as far as they can be
+read; missing columns are left empty and reported as warnings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import filelock
+import pandas as pd
+
+from sslbench.atomic import write_text
+from sslbench.errors import DataError
+
+#: version of the record format written by this sslbench
+SCHEMA = 1
+
+#: top-level keys of a record of the current schema
+RECORD_KEYS: tuple[str, ...] = (
+    "schema", "cell_id", "status", "error", "strategy", "config", "seed", "train_size",
+    "metrics", "pretext_metrics", "timing", "env", "files", "created",
+)  # fmt: skip
+
+#: columns every done cell of the current schema has (missing ones are warned about)
+EXPECTED_METRICS: tuple[str, ...] = (
+    "pck@0.2", "pck@0.1", "auc@0.2", "test_loss", "report_loss", "val_pck@0.2",
+    "best_epoch", "converge_epoch", "epochs_run",
+)  # fmt: skip
+EXPECTED_TIMING: tuple[str, ...] = (
+    "timing.pretrain_s", "timing.pretrain_cached", "timing.downstream_s", "timing.eval_s",
+    "timing.total_s", "timing.downstream_img_per_s", "timing.pretrain_img_per_s",
+)  # fmt: skip
+
+#: the identification columns, first in the table
+ID_COLUMNS: tuple[str, ...] = (
+    "cell_id", "status", "error", "strategy", "pretext", "policy", "freeze", "mode", "backbone",
+    "profile", "data", "protocol", "pretext_data", "train_size", "seed",
+)  # fmt: skip
+
+Warn = Callable[[str], None]
+
+
+class ResultsWarning(UserWarning):
+    """A record could not be read completely (corrupt, interrupted write, other schema)."""
+
+
+def _default_warn(message: str) -> None:
+    warnings.warn(message, ResultsWarning, stacklevel=3)
+
+
+# ------------------------------------------------------------------------------- writing
+
+
+def write_record(results_dir: Path | str, record: dict[str, Any]) -> Path:
+    """Atomically write *record* to ``<results_dir>/cells/<cell_id>.json``; returns the path."""
+    cell_id = record.get("cell_id")
+    if not isinstance(cell_id, str) or not cell_id or "/" in cell_id or cell_id.startswith("."):
+        raise DataError(f"result record has no valid cell_id: {cell_id!r}")
+    path = Path(results_dir) / "cells" / f"{cell_id}.json"
+    write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------------------- reading
+
+
+def read_record(path: Path | str) -> dict[str, Any]:
+    """One record; :class:`DataError` when the file is unreadable, truncated or not a record."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: corrupt result record ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("cell_id"), str):
+        raise DataError(f"{path}: not a result record (no cell_id)")
+    return record
+
+
+def iter_records(results_dir: Path | str, warn: Warn | None = None) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """``(path, record)`` for every readable record in ``cells/``, sorted by file name.
+
+    Leftover temporary files of interrupted writes and corrupt records are skipped with a
+    warning naming the file.
+    """
+    warn = warn or _default_warn
+    cells = Path(results_dir) / "cells"
+    if not cells.is_dir():
+        return
+    for path in sorted(cells.iterdir()):
+        if path.name.endswith(".tmp"):
+            warn(f"{path}: leftover temporary file of an interrupted write; ignored (safe to delete)")
+            continue
+        if path.suffix != ".json" or not path.is_file():
+            continue
+        try:
+            yield path, read_record(path)
+        except DataError as exc:
+            warn(f"{exc}; skipped")
+
+
+def records_dataframe(records: list[dict[str, Any]], sources: list[str] | None = None, warn: Warn | None = None) -> pd.DataFrame:
+    """The flat table (columns documented above) of already-loaded records."""
+    warn = warn or _default_warn
+    if not records:
+        return pd.DataFrame(columns=list(ID_COLUMNS))
+    _check_schemas(records, sources, warn)
+    df = pd.json_normalize(records, sep=".")
+    df = df.rename(columns=_column_name)
+    if sources is not None:
+        df["source"] = sources
+    # derived identification columns, from the config when the record lacks them
+    for column in ("pretext", "policy", "freeze", "backbone", "profile", "data", "protocol", "pretext_data"):
+        if f"config.{column}" in df.columns:
+            df[column] = df[f"config.{column}"]
+    if "strategy" not in df.columns and {"pretext", "policy", "freeze"} <= set(df.columns):
+        df["strategy"] = [_strategy(p, q, f) for p, q, f in zip(df["pretext"], df["policy"], df["freeze"])]
+    if {"pretext", "freeze"} <= set(df.columns):
+        df["mode"] = [
+            "scratch" if p == "none" else ("frozen" if bool(f) else "fine-tuned")
+            for p, f in zip(df["pretext"], df["freeze"])
+        ]
+    _warn_missing(df, warn)
+    for column in ID_COLUMNS:
+        if column not in df.columns:
+            df[column] = None
+    for column in ("train_size", "seed"):
+        df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
+    first = list(ID_COLUMNS)
+    rest = sorted(c for c in df.columns if c not in first)
+    ordered = first + [c for c in rest if not c.startswith(("env.", "files.", "config."))]
+    ordered += [c for c in rest if c.startswith(("env.", "files.", "config."))]
+    return df[ordered].sort_values(["strategy", "train_size", "seed", "cell_id"], na_position="last", kind="stable").reset_index(drop=True)
+
+
+def _strategy(pretext: Any, policy: Any, freeze: Any) -> str:
+    if pretext == "none":
+        return "supervised"
+    return f"{pretext}/{policy}{':frozen' if bool(freeze) else ''}"
+
+
+def _column_name(name: str) -> str:
+    for prefix, new in (
+        ("metrics.per_joint.", "joint."),
+        ("metrics.per_part.", "part."),
+        ("metrics.", ""),
+        ("pretext_metrics.", "pretext."),
+    ):
+        if name.startswith(prefix):
+            return new + name[len(prefix):]
+    return name
+
+
+def _check_schemas(records: list[dict[str, Any]], sources: list[str] | None, warn: Warn) -> None:
+    names = sources or [str(r.get("cell_id")) for r in records]
+    other: dict[Any, list[str]] = {}
+    unknown: dict[str, list[str]] = {}
+    for name, record in zip(names, records):
+        schema = record.get("schema")
+        if schema != SCHEMA:
+            other.setdefault(schema, []).append(Path(name).name)
+        for key in set(record) - set(RECORD_KEYS):
+            unknown.setdefault(key, []).append(Path(name).name)
+    for schema, files in sorted(other.items(), key=lambda item: str(item[0])):
+        age = "newer" if isinstance(schema, int) and schema > SCHEMA else "older"
+        warn(
+            f"{len(files)} record(s) written by an {age} sslbench (schema {schema}, this version reads {SCHEMA}), "
+            f"e.g. {files[0]}: reading the fields this version knows"
+        )
+    for key, files in sorted(unknown.items()):
+        warn(f"{len(files)} record(s) have field {key!r} unknown to this sslbench (e.g. {files[0]}); kept as column(s)")
+
+
+def _warn_missing(df: pd.DataFrame, warn: Warn) -> None:
+    done = df["status"] == "done" if "status" in df.columns else pd.Series(True, index=df.index)
+    if not done.any():
+        return
+    expected = list(EXPECTED_METRICS) + list(EXPECTED_TIMING)
+    expected += [f"part.{p}" for p in ("Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "Mean")]
+    for column in expected:
+        if column not in df.columns:
+            df[column] = float("nan")
+            warn(f"no record has column {column!r} (older sslbench?); left empty")
+        else:
+            lacking = int((done & df[column].isna()).sum())
+            if lacking and column != "timing.pretrain_img_per_s":
+                warn(f"{lacking} finished record(s) lack column {column!r} (older sslbench?); left empty")
+
+
+def _record_dirs(path: Path) -> list[Path]:
+    if (path / "cells").is_dir():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if (p / "cells").is_dir())
+    return []
+
+
+def load_results(*results_dirs: Path | str, warn: Warn | None = None) -> pd.DataFrame:
+    """The flat table of every record under *results_dirs* (columns documented above).
+
+    A directory is a results directory (with ``cells/``) or a parent of several (e.g.
+    ``./results``). A cell found twice keeps its newest record. Raises :class:`DataError`
+    when nothing can be read, with one line saying where it looked.
+    """
+    warn = warn or _default_warn
+    if not results_dirs:
+        raise DataError("no results directory given")
+    records: dict[str, tuple[str, dict[str, Any]]] = {}
+    for given in results_dirs:
+        given = Path(given)
+        if not given.exists():
+            raise DataError(f"results directory {given} does not exist")
+        dirs = _record_dirs(given)
+        if not dirs:
+            raise DataError(f"{given} holds no result records (no cells/ directory); run `sslbench sweep` first")
+        for directory in dirs:
+            for path, record in iter_records(directory, warn):
+                previous = records.get(record["cell_id"])
+                if previous is None or str(record.get("created", "")) >= str(previous[1].get("created", "")):
+                    records[record["cell_id"]] = (str(path), record)
+    if not records:
+        where = ", ".join(str(Path(d)) for d in results_dirs)
+        raise DataError(f"{where}: no readable result records in cells/; run `sslbench sweep` first")
+    ordered = sorted(records.values(), key=lambda item: item[0])
+    return records_dataframe([r for _, r in ordered], [s for s, _ in ordered], warn)
+
+
+# ---------------------------------------------------------------------------- the store
+
+
+class ResultsStore:
+    """One results directory: per-cell records, claim locks, and the derived ``results.csv``."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    @property
+    def cells_dir(self) -> Path:
+        return self.root / "cells"
+
+    @property
+    def csv_path(self) -> Path:
+        return self.root / "results.csv"
+
+    def record_path(self, cell_id: str) -> Path:
+        return self.cells_dir / f"{cell_id}.json"
+
+    def log_path(self, cell_id: str) -> Path:
+        return self.root / "logs" / f"{cell_id}.log"
+
+    def read(self, cell_id: str, warn: Warn | None = None) -> dict[str, Any] | None:
+        """The record of *cell_id*, or None when there is none (a corrupt one is warned about)."""
+        path = self.record_path(cell_id)
+        if not path.exists():
+            return None
+        try:
+            return read_record(path)
+        except DataError as exc:
+            (warn or _default_warn)(f"{exc}; the cell will run again")
+            return None
+
+    def status(self, cell_id: str, warn: Warn | None = None) -> str | None:
+        """``"done"``, ``"failed"`` or None (never finished)."""
+        record = self.read(cell_id, warn)
+        return None if record is None else str(record.get("status"))
+
+    def write(self, record: dict[str, Any]) -> Path:
+        return write_record(self.root, record)
+
+    @contextlib.contextmanager
+    def claim(self, cell_id: str) -> Iterator[bool]:
+        """Hold the claim on *cell_id* while the block runs; yields False when another process holds it.
+
+        The lock is an OS file lock: it is released when its process dies, even by SIGKILL.
+        """
+        (self.root / "locks").mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(str(self.root / "locks" / f"{cell_id}.lock"), timeout=0)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
+    def records(self, warn: Warn | None = None) -> list[dict[str, Any]]:
+        return [record for _, record in iter_records(self.root, warn)]
+
+    def dataframe(self, warn: Warn | None = None) -> pd.DataFrame:
+        return load_results(self.root, warn=warn)
+
+    def write_csv(self, warn: Warn | None = None) -> Path | None:
+        """Regenerate ``results.csv`` from the records (under a lock, atomically); None when empty."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with filelock.FileLock(str(self.root / ".results.csv.lock")):
+            loaded = list(iter_records(self.root, warn or (lambda message: None)))
+            if not loaded:
+                return None
+            df = records_dataframe([r for _, r in loaded], [str(p) for p, _ in loaded], lambda message: None)
+            write_text(self.csv_path, df.to_csv(index=False))
+        return self.csv_path

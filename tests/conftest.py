@@ -1,0 +1,159 @@
+"""Shared fixtures: tiny fake datasets in the real on-disk layouts (no real data needed).
+
+Builders (importable: ``from conftest import make_lsp``) and fixtures:
+
+- :func:`make_lsp` / ``lsp_root``: ``images/im0001.jpg..`` plus ``joints.mat`` with
+  ``joints`` 3x14xN, flag 1 = occluded (LSP's convention).
+- :func:`make_lspet` / ``lspet_root``: ``images/im00001.jpg..``; with ``labelled=True``
+  also ``joints.mat`` 14x3xN, flag 1 = visible (LSP-extended's convention).
+- :func:`make_folder` / ``folder_root``: a flat folder of jpg/png/bmp/webp images.
+
+Images are small (about 80x100 px) JPEGs of a coloured background with a stick figure
+drawn on the joints, so previews are easy to read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image, ImageDraw
+
+from sslbench.joints import NUM_JOINTS, SKELETON
+
+#: a standing person facing the camera, in (x, y) fractions of the image: its right side on the image left
+_TEMPLATE = np.array(
+    [
+        (0.40, 0.92), (0.41, 0.74), (0.43, 0.55), (0.57, 0.55), (0.59, 0.74), (0.60, 0.92),  # legs
+        (0.24, 0.55), (0.30, 0.42), (0.38, 0.30), (0.62, 0.30), (0.70, 0.42), (0.76, 0.55),  # arms
+        (0.50, 0.27), (0.50, 0.10),  # neck, head top
+    ]
+)  # fmt: skip
+
+
+def fake_joints(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """(14, 3) x, y inside a width x height image and visibility (1 = visible, about 10% occluded)."""
+    xy = _TEMPLATE * [width - 1, height - 1] + rng.normal(0.0, 1.5, size=(NUM_JOINTS, 2))
+    xy = np.clip(xy, 1.0, [width - 2, height - 2])
+    visible = (rng.random(NUM_JOINTS) > 0.1).astype(np.float64)
+    return np.concatenate([xy, visible[:, None]], axis=1)
+
+
+def fake_image(rng: np.random.Generator, width: int, height: int, joints: np.ndarray | None = None) -> Image.Image:
+    """A flat random background with a darker stick figure on *joints* (if given)."""
+    colour = tuple(int(c) for c in rng.integers(60, 230, size=3))
+    image = Image.new("RGB", (width, height), colour)
+    if joints is not None:
+        draw = ImageDraw.Draw(image)
+        for a, b in SKELETON:
+            draw.line([tuple(joints[a, :2]), tuple(joints[b, :2])], fill=(20, 20, 20), width=3)
+    return image
+
+
+def _sizes(rng: np.random.Generator, width: int, height: int) -> tuple[int, int]:
+    return int(width + rng.integers(-8, 9)), int(height + rng.integers(-8, 9))
+
+
+def make_lsp(
+    tmp_path: Path,
+    n: int = 40,
+    *,
+    name: str = "lsp",
+    width: int = 80,
+    height: int = 100,
+    seed: int = 0,
+    placeholder_images: bool = False,
+) -> Path:
+    """An LSP-layout dataset of *n* images under ``tmp_path/name``; returns its root.
+
+    ``placeholder_images=True`` writes empty image files (fast; for tests of layout and
+    splits only, which never decode images).
+    """
+    root = tmp_path / name
+    images = root / "images"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    joints = np.zeros((3, NUM_JOINTS, n))
+    for i in range(n):
+        w, h = _sizes(rng, width, height)
+        person = fake_joints(rng, w, h)
+        joints[0, :, i], joints[1, :, i] = person[:, 0], person[:, 1]
+        joints[2, :, i] = 1.0 - person[:, 2]  # LSP: 1 = occluded
+        path = images / f"im{i + 1:04d}.jpg"
+        if placeholder_images:
+            path.touch()
+        else:
+            fake_image(rng, w, h, person).save(path, quality=85)
+    scipy.io.savemat(root / "joints.mat", {"joints": joints})
+    return root
+
+
+def make_lspet(
+    tmp_path: Path,
+    n: int = 30,
+    *,
+    name: str = "lspet",
+    labelled: bool = False,
+    transposed: bool = False,
+    width: int = 80,
+    height: int = 100,
+    seed: int = 1,
+) -> Path:
+    """An LSP-extended-layout dataset under ``tmp_path/name``; returns its root.
+
+    ``labelled`` adds ``joints.mat`` 14x3xN (flag 1 = visible); ``transposed`` writes it
+    3x14xN instead (same flag meaning).
+    """
+    root = tmp_path / name
+    images = root / "images"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    joints = np.zeros((NUM_JOINTS, 3, n))
+    for i in range(n):
+        w, h = _sizes(rng, width, height)
+        person = fake_joints(rng, w, h)
+        joints[:, :, i] = person  # LSP-extended: 1 = visible
+        fake_image(rng, w, h, person).save(images / f"im{i + 1:05d}.jpg", quality=85)
+    if labelled:
+        array = joints.transpose(1, 0, 2) if transposed else joints
+        scipy.io.savemat(root / "joints.mat", {"joints": array})
+    return root
+
+
+def make_folder(tmp_path: Path, n: int = 12, *, name: str = "folder", seed: int = 2) -> Path:
+    """A flat folder of *n* images cycling through jpg, png, bmp and webp (plus a text file to ignore)."""
+    root = tmp_path / name
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    suffixes = (".jpg", ".png", ".bmp", ".webp")
+    for i in range(n):
+        w, h = _sizes(rng, 80, 100)
+        fake_image(rng, w, h).save(root / f"photo_{i:03d}{suffixes[i % len(suffixes)]}")
+    (root / "notes.txt").write_text("not an image\n")
+    return root
+
+
+def truncate(path: Path, keep: float = 0.5) -> None:
+    """Cut a file to *keep* of its length (a truncated download)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.fixture
+def lsp_root(tmp_path: Path) -> Path:
+    """40 LSP-layout images (~80x100 px) with joints.mat 3x14x40."""
+    return make_lsp(tmp_path)
+
+
+@pytest.fixture
+def lspet_root(tmp_path: Path) -> Path:
+    """30 unlabelled LSP-extended-layout images."""
+    return make_lspet(tmp_path)
+
+
+@pytest.fixture
+def folder_root(tmp_path: Path) -> Path:
+    """12 images in a flat folder, mixed formats."""
+    return make_folder(tmp_path)

@@ -1,0 +1,495 @@
+"""Sweeps: spec parsing and errors, pruning, cell ids and order, shards, resume, failures, workers, CLI."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import sslbench.cli_sweep
+import sslbench.sweep
+from sslbench.config import RunConfig, config_hash
+from sslbench.errors import ConfigError
+from sslbench.hookspecs import hookimpl
+from sslbench.joints import JOINT_NAMES, PARTS
+from sslbench.registry import Entry, Registry
+from sslbench.results import ResultsStore, load_results, write_record
+from sslbench.sweep import (
+    Cell,
+    Estimator,
+    SweepSpec,
+    execute_cell,
+    expand,
+    find_line,
+    load_spec,
+    max_loader_workers,
+    parse_shard,
+    run_sweep,
+    shard_cells,
+    worker_threads,
+)
+
+# ------------------------------------------------------------------------------ fixtures
+# This module imports no torch at the top: the parallel-workers test spawns processes that
+# import it (for the fake runner), and they should start in a second, not in five.
+
+
+@functools.cache
+def _plugin_classes() -> tuple[type, type]:
+    import numpy as np
+    from torch import nn
+
+    from sslbench.interfaces import Backbone, ImageDataset, LayerGroup
+    from sslbench.splits import train_val_test
+
+    class TinyNet(Backbone):
+        """One strided conv: enough to time training steps in microseconds."""
+
+        def __init__(self, num_outputs: int, input_size: int = 16, width: float = 1.0, stages: int = 1) -> None:
+            super().__init__(num_outputs, input_size, stride=4)
+            self.conv = nn.Conv2d(3, num_outputs, 4, stride=4)
+
+        def forward(self, image, centermap=None):
+            return [self.conv(image)]
+
+        def layer_groups(self):
+            return [LayerGroup("all", "first", ("conv",))]
+
+        def adapters(self):
+            return []
+
+        def config(self):
+            return {"name": "tinynet", "input_size": self.input_size}
+
+    class TinyData(ImageDataset):
+        """60 blank labelled images: 30 train pool, 10 validation, 20 test."""
+
+        name = "synthetic"
+
+        def __init__(self, root: Path | None = None, **options: Any) -> None:
+            super().__init__(root)
+
+        @property
+        def labelled(self) -> bool:
+            return True
+
+        def __len__(self) -> int:
+            return 60
+
+        def image(self, index: int):
+            return np.zeros((8, 8, 3), np.uint8)
+
+        def image_id(self, index: int) -> str:
+            return f"im{index:04d}"
+
+        def splits(self, protocol: str, train_size: int | None, seed: int):
+            return train_val_test(range(40), range(40, 60), 10, train_size, seed)
+
+    return TinyNet, TinyData
+
+
+def tiny_net(**options: Any) -> Any:
+    return _plugin_classes()[0](**options)
+
+
+def tiny_data(**options: Any) -> Any:
+    return _plugin_classes()[1](**options)
+
+
+class Plugin:
+    @hookimpl
+    def sslbench_backbones(self):
+        return [Entry("tinynet", "tiny test network", tiny_net), Entry("cpm6", "stand-in", tiny_net)]
+
+    @hookimpl
+    def sslbench_pretexts(self):
+        return [Entry("jigsaw-heatmap", "test", object), Entry("rotation", "test", object)]
+
+    @hookimpl
+    def sslbench_policies(self):
+        return [Entry(name, "test", object) for name in ("all", "first", "first+middle")]
+
+    @hookimpl
+    def sslbench_datasets(self):
+        return [Entry("synthetic", "test", tiny_data)]
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return Registry(plugins=[Plugin()], load_entrypoints=False)
+
+
+def fake_record(config: RunConfig, workdir: Path) -> dict[str, Any]:
+    """What a runner returns, with metrics derived from the config (no training)."""
+    cid = config_hash(config.to_dict())
+    run_dir = Path(workdir) / "cells" / cid
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 1.0, "val_loss": 1.2}) + "\n")
+    pck = 50.0 + config.seed + (5.0 if config.pretext != "none" else 0.0)
+    return {
+        "schema": 1, "cell_id": cid, "status": "done", "error": None, "strategy": config.strategy,
+        "config": config.to_dict(), "seed": config.seed, "train_size": config.train_size or 30,
+        "metrics": {"pck@0.2": pck, "pck@0.1": pck / 2, "auc@0.2": pck / 3, "per_joint": dict.fromkeys(JOINT_NAMES, pck),
+                    "per_part": dict.fromkeys([*PARTS, "Mean"], pck),
+                    "test_loss": 1.0, "report_loss": 300.0, "val_pck@0.2": pck, "best_epoch": 1, "converge_epoch": 1,
+                    "epochs_run": 2},
+        "pretext_metrics": {}, "timing": {"pretrain_s": 0.0, "pretrain_cached": False, "downstream_s": 1.0, "eval_s": 0.1,
+                                          "total_s": 1.1, "downstream_img_per_s": 10.0, "pretrain_img_per_s": None},
+        "env": {}, "files": {"run_dir": str(run_dir), "metrics_jsonl": str(run_dir / "metrics.jsonl")},
+        "created": "2024-01-01T00:00:00+00:00",
+    }  # fmt: skip
+
+
+def _log_call(workdir: Path, config: RunConfig) -> None:
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    with open(Path(workdir) / "calls.txt", "a") as handle:
+        handle.write(config_hash(config.to_dict()) + "\n")
+
+
+def fake_runner(config: RunConfig, workdir: Path, *, resume: bool = True, console: Any = None) -> dict[str, Any]:
+    """Module level, so worker processes can import it; seed 9 kills its own process."""
+    _log_call(workdir, config)
+    if config.seed == 9:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return fake_record(config, workdir)
+
+
+def calls(workdir: Path) -> list[str]:
+    path = Path(workdir) / "calls.txt"
+    return path.read_text().split() if path.exists() else []
+
+
+def write_spec(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bench.toml"
+    path.write_text(text)
+    return path
+
+
+SPEC = """\
+name = "t"
+profile = "smoke"
+backbones = ["tinynet"]
+pretexts = ["none", "jigsaw-heatmap", "rotation"]
+policies = ["none", "first", "first+middle:frozen"]
+train_sizes = [8, 16]
+seeds = [0, 1]
+
+[set]
+downstream.epochs = 3
+
+[pretext_options.rotation]
+angles = 4
+"""
+
+
+def plan_of(tmp_path: Path, registry: Registry, text: str = SPEC):
+    return expand(load_spec(write_spec(tmp_path, text)), registry)
+
+
+# ----------------------------------------------------------------------------- spec errors
+
+
+def test_unknown_spec_key_names_line_and_suggests(tmp_path: Path, registry: Registry) -> None:
+    path = write_spec(tmp_path, 'name = "t"\n\n# comment\npretext = ["rotation"]\n')
+    with pytest.raises(ConfigError, match=r"bench\.toml:4: pretext: unknown key 'pretext'\. Did you mean 'pretexts'\?"):
+        load_spec(path)
+
+
+def test_unknown_setting_in_set_table_names_line_and_suggests(tmp_path: Path, registry: Registry) -> None:
+    spec = load_spec(write_spec(tmp_path, 'profile = "smoke"\n[set]\ndownstream.epochz = 3\n'))
+    with pytest.raises(ConfigError, match=r"bench\.toml:3: set\.downstream\.epochz: .*Did you mean 'downstream\.epochs'"):
+        expand(spec, registry)
+
+
+def test_setting_of_wrong_type_is_reported_with_line(tmp_path: Path, registry: Registry) -> None:
+    spec = load_spec(write_spec(tmp_path, '[set.downstream]\nepochs = "many"\n'))
+    with pytest.raises(ConfigError, match=r"bench\.toml:2: .*downstream\.epochs must be int"):
+        expand(spec, registry)
+
+
+def test_unknown_plugin_in_spec_list_names_its_line_and_suggests(tmp_path: Path, registry: Registry) -> None:
+    text = 'pretexts = [\n  "none",\n  "jigsaw-heatmapp",\n]\npolicies = ["none", "first"]\n'
+    spec = load_spec(write_spec(tmp_path, text))
+    with pytest.raises(ConfigError, match=r"bench\.toml:3: pretexts: unknown pretext 'jigsaw-heatmapp'\. Did you mean 'jigsaw-heatmap'"):
+        expand(spec, registry)
+
+
+def test_unknown_plugin_from_command_line_names_the_option(registry: Registry) -> None:
+    spec = SweepSpec(policies=["none", "frist"], pretexts=["none", "rotation"], from_cli={"policies": "--policies"})
+    with pytest.raises(ConfigError, match=r"--policies: unknown policy 'frist'\. Did you mean 'first'"):
+        expand(spec, registry)
+
+
+def test_invalid_toml_and_wrong_types_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="invalid TOML.*line 1"):
+        load_spec(write_spec(tmp_path, "seeds = [0,\n"[:-1] + " oops"))
+    with pytest.raises(ConfigError, match=r"bench\.toml:1: seeds: expected integers, got 'x'"):
+        load_spec(write_spec(tmp_path, 'seeds = [0, "x"]\n'))
+    with pytest.raises(ConfigError, match="unknown mode 'frozn'"):
+        expand(SweepSpec(pretexts=["rotation"], policies=["first:frozn"]), Registry(plugins=[Plugin()], load_entrypoints=False))
+
+
+def test_find_line_understands_tables_and_dotted_keys() -> None:
+    text = 'a = 1\n[set]\ndownstream.lr = 0.1\n[set.pretrain]\n"epochs" = 2\n[pretext_options.rotation]\nx = 1\n'
+    assert find_line(text, ["a"]) == 1
+    assert find_line(text, ["set", "downstream", "lr"]) == 3
+    assert find_line(text, ["set", "pretrain", "epochs"]) == 5
+    assert find_line(text, ["pretext_options", "rotation"]) == 6
+    assert find_line(text, ["nope"]) is None
+
+
+# ---------------------------------------------------------------------------------- cells
+
+
+def test_nonsense_pairs_are_pruned_and_listed(tmp_path: Path, registry: Registry) -> None:
+    plan = plan_of(tmp_path, registry)
+    pruned = dict(plan.pruned)
+    assert set(pruned) == {
+        "pretext none x policy first", "pretext none x policy first+middle:frozen",
+        "pretext jigsaw-heatmap x policy none", "pretext rotation x policy none",
+    }  # fmt: skip
+    strategies = {cell.config.strategy for cell in plan.cells}
+    assert strategies == {
+        "supervised", "jigsaw-heatmap/first", "jigsaw-heatmap/first+middle:frozen",
+        "rotation/first", "rotation/first+middle:frozen",
+    }  # fmt: skip
+    assert len(plan.cells) == 5 * 2 * 2  # strategies x train sizes x seeds
+
+
+def test_cells_carry_overrides_modes_and_per_pretext_options(tmp_path: Path, registry: Registry) -> None:
+    plan = plan_of(tmp_path, registry)
+    for cell in plan.cells:
+        assert cell.config.downstream.epochs == 3
+        assert cell.config.profile == "smoke"
+        assert cell.config.freeze == cell.config.strategy.endswith(":frozen")
+        assert cell.config.pretext_options == ({"angles": 4} if cell.config.pretext == "rotation" else {})
+
+
+def test_cell_ids_are_config_hashes_and_stable(tmp_path: Path, registry: Registry) -> None:
+    first = plan_of(tmp_path, registry)
+    reordered = SPEC.replace("seeds = [0, 1]", "seeds = [1, 0, 1]").replace('"none", "jigsaw-heatmap"', '"jigsaw-heatmap", "none"')
+    second = plan_of(tmp_path, registry, reordered)
+    assert sorted(c.cell_id for c in first.cells) == sorted(c.cell_id for c in second.cells)
+    for cell in first.cells:
+        assert cell.cell_id == config_hash(cell.config.to_dict())
+        assert Cell.of(RunConfig.from_dict(cell.config.to_dict())).cell_id == cell.cell_id
+
+
+def test_cells_sharing_a_pretraining_are_adjacent(tmp_path: Path, registry: Registry) -> None:
+    plan = plan_of(tmp_path, registry)
+    keys = [cell.pretrain_key for cell in plan.cells if cell.pretrain_key]
+    runs = [k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]
+    assert len(runs) == len(set(keys)) == 4  # 2 pretexts x 2 seeds, each one contiguous block
+    assert {len(cells) for cells in plan.pretrainings().values()} == {4}  # 2 policies x 2 sizes
+
+
+def test_shards_are_disjoint_cover_all_cells_and_keep_pretrainings_together(tmp_path: Path, registry: Registry) -> None:
+    cells = plan_of(tmp_path, registry).cells
+    for count in (1, 2, 3, 5, 40):
+        shards = [shard_cells(cells, i, count) for i in range(1, count + 1)]
+        ids = [c.cell_id for shard in shards for c in shard]
+        assert sorted(ids) == sorted(c.cell_id for c in cells)  # cover, no duplicates
+        for shard in shards:
+            others = {c.cell_id for s in shards if s is not shard for c in s}
+            keys = {c.pretrain_key for c in shard if c.pretrain_key}
+            assert not any(c.pretrain_key in keys for c in cells if c.cell_id in others)
+        # deterministic and independent of the cells' order
+        assert [c.cell_id for c in shard_cells(list(reversed(cells)), 1, count)] == [
+            c.cell_id for c in reversed(shards[0])
+        ]
+    sizes = [len(shard_cells(cells, i, 3)) for i in (1, 2, 3)]
+    assert max(sizes) - min(sizes) <= 4  # balanced up to one pretraining group
+
+
+def test_shard_option_is_parsed_and_checked() -> None:
+    assert parse_shard("2/4") == (2, 4)
+    for bad in ("0/4", "5/4", "a/b", "3"):
+        with pytest.raises(ConfigError, match="--shard"):
+            parse_shard(bad)
+
+
+# -------------------------------------------------------------------------------- running
+
+
+class CountingRunner:
+    def __init__(self, fail_seeds: set[int] = frozenset()) -> None:
+        self.fail_seeds = set(fail_seeds)
+        self.calls: list[str] = []
+
+    def __call__(self, config: RunConfig, workdir: Path, *, resume: bool = True, console: Any = None) -> dict[str, Any]:
+        assert resume is True
+        self.calls.append(config_hash(config.to_dict()))
+        if config.seed in self.fail_seeds:
+            raise ValueError("--train-size 16 is larger than the training pool (12 images)")
+        return fake_record(config, workdir)
+
+
+def test_failed_cell_is_recorded_and_the_sweep_goes_on(tmp_path: Path, registry: Registry) -> None:
+    cells = plan_of(tmp_path, registry).cells
+    runner = CountingRunner(fail_seeds={1})
+    outcome = run_sweep(cells, tmp_path / "res", tmp_path / "runs", runner)
+    assert len(runner.calls) == len(cells)
+    assert len(outcome.failed) == len(cells) // 2 and len(outcome.done) == len(cells) // 2
+    df = load_results(tmp_path / "res")
+    failed = df[df["status"] == "failed"]
+    assert set(failed["seed"]) == {1}
+    assert failed["error"].str.startswith("ValueError: --train-size 16 is larger").all()
+    assert (tmp_path / "res" / "logs" / f"{failed['cell_id'].iloc[0]}.log").read_text().count("Traceback") == 1
+    assert len(df) == len(cells)
+    assert len(pd.read_csv(tmp_path / "res" / "results.csv")) == len(cells)
+
+
+def test_rerun_skips_finished_cells_and_retries_failed_only_when_asked(tmp_path: Path, registry: Registry) -> None:
+    cells = plan_of(tmp_path, registry).cells
+    run_sweep(cells, tmp_path / "res", tmp_path / "runs", CountingRunner(fail_seeds={1}))
+    again = CountingRunner()
+    outcome = run_sweep(cells, tmp_path / "res", tmp_path / "runs", again)
+    assert again.calls == [] and len(outcome.skipped) == len(cells)
+    retry = CountingRunner()
+    outcome = run_sweep(cells, tmp_path / "res", tmp_path / "runs", retry, retry_failed=True)
+    failed_before = {c.cell_id for c in cells if c.config.seed == 1}
+    assert set(retry.calls) == failed_before and len(retry.calls) == len(failed_before)
+    assert set(load_results(tmp_path / "res")["status"]) == {"done"}
+
+
+def test_interrupt_is_not_recorded_as_a_failure(tmp_path: Path, registry: Registry) -> None:
+    cells = plan_of(tmp_path, registry).cells
+
+    def interrupted(config: RunConfig, workdir: Path, **kwargs: Any) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cells, tmp_path / "res", tmp_path / "runs", interrupted)
+    assert not list((tmp_path / "res" / "cells").glob("*.json"))
+
+
+def test_cell_claimed_by_another_process_is_left_alone(tmp_path: Path, registry: Registry) -> None:
+    cell = plan_of(tmp_path, registry).cells[0]
+    store = ResultsStore(tmp_path / "res")
+    runner = CountingRunner()
+    with store.claim(cell.cell_id) as mine:
+        assert mine
+        assert execute_cell(cell, ResultsStore(tmp_path / "res"), tmp_path / "runs", runner) == "busy"
+    assert runner.calls == []
+    assert execute_cell(cell, store, tmp_path / "runs", runner) == "done"
+
+
+def test_parallel_workers_run_each_cell_once_and_record_crashes(tmp_path: Path, registry: Registry) -> None:
+    ok = plan_of(tmp_path, registry).cells[0]
+    crash = Cell.of(RunConfig.from_dict({**ok.config.to_dict(), "seed": 9}))  # its process dies by SIGKILL
+    outcome = run_sweep([ok, crash], tmp_path / "res", tmp_path / "runs", fake_runner, workers=2)
+    assert sorted(calls(tmp_path / "runs")) == sorted([ok.cell_id, crash.cell_id])
+    assert outcome.done == [ok.cell_id] and outcome.failed == [crash.cell_id]
+    records = {r["cell_id"]: r for r in ResultsStore(tmp_path / "res").records()}
+    assert records[ok.cell_id]["status"] == "done"
+    assert "worker process died (killed by signal 9)" in records[crash.cell_id]["error"]
+
+
+def test_workers_split_cores_without_oversubscribing(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert worker_threads(4, cores=16) == (4, 2)
+    assert worker_threads(3, cores=2) == (1, 0)
+    monkeypatch.setenv("SSLBENCH_MAX_LOADER_WORKERS", "2")
+    assert max_loader_workers(4) == 2 and max_loader_workers(1) == 1
+
+
+# ------------------------------------------------------------------------------ estimates
+
+
+def test_estimate_uses_throughput_of_earlier_records(tmp_path: Path, registry: Registry) -> None:
+    cells = plan_of(tmp_path, registry).cells
+    supervised = next(c for c in cells if c.config.strategy == "supervised" and c.config.train_size == 16)
+    record = fake_record(supervised.config, tmp_path / "runs")
+    record["timing"]["downstream_img_per_s"] = 20.0
+    write_record(tmp_path / "res", record)
+    estimator = Estimator(registry, tmp_path / "res", measure=False)
+    estimate = estimator.estimate(supervised)
+    # 3 epochs x (16 train + 10 val / 3) images at 20 img/s, plus the 20 test images at 60 img/s
+    assert estimate.downstream_s == pytest.approx(3 * (16 + 10 / 3) / 20 + 20 / 60)
+    assert "median of 1 earlier record" in next(iter(estimator.sources.values()))
+
+
+def test_estimate_times_real_steps_without_records(tmp_path: Path, registry: Registry) -> None:
+    cells = plan_of(tmp_path, registry).cells
+    estimator = Estimator(registry, None, measure=True)
+    estimates = estimator.estimates(cells)
+    assert all(seconds is not None and seconds > 0 for seconds in estimates.values())
+    assert any("measured on random tensors" in source for source in estimator.sources.values())
+    for group in sslbench.sweep.Plan("t", cells).pretrainings().values():
+        first = group[0]
+        twin = next(c for c in group[1:] if c.config.train_size == first.config.train_size)
+        assert estimates[first.cell_id] > estimates[twin.cell_id]  # the shared pretraining is charged once
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def cli_group() -> Any:
+    """The CLI group, imported late (other commands pull in torch)."""
+    from sslbench.cli import main
+
+    return main
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, registry: Registry, tmp_path: Path) -> CliRunner:
+    monkeypatch.setattr(sslbench.cli_sweep, "default_registry", lambda: registry)
+    monkeypatch.setattr("sslbench.sweep._default_runner", lambda: CountingRunner(fail_seeds={5}))
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()
+
+
+def test_cli_dry_run_prints_plan_pretrainings_pruned_and_estimate(cli: CliRunner, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, SPEC)
+    result = cli.invoke(cli_group(), ["sweep", str(spec), "--dry-run", "--seeds", "0"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "10 cells" in result.output
+    assert "pretext pretrainings" in result.output and "P2" in result.output
+    assert "pretext none x policy first:" in result.output
+    assert "estimated time left" in result.output and "measured on random tensors" in result.output
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+
+
+def test_cli_sweep_then_report(cli: CliRunner, tmp_path: Path) -> None:
+    args = ["sweep", "--profile", "smoke", "--backbones", "tinynet", "--pretexts", "none,rotation",
+            "--policies", "none,first", "--train-sizes", "8,16", "--seeds", "0,1,5", "--name", "demo"]  # fmt: skip
+    result = cli.invoke(cli_group(), args)
+    assert result.exit_code == 1  # seed 5 fails in the fake runner
+    assert "sweep demo: 8 done, 4 failed" in result.output
+    records = list((tmp_path / "results" / "demo" / "cells").glob("*.json"))
+    assert len(records) == 12
+    result = cli.invoke(cli_group(), args)
+    assert "0 done, 0 failed, 12 finished earlier" in result.output
+    report = cli.invoke(cli_group(), ["report", "results/demo", "--format", "markdown"])
+    assert report.exit_code == 0, report.output
+    assert "| rotation/first |" in report.output and "## Failed cells" in report.output
+
+
+def test_cli_bad_input_is_one_line_exit_2(cli: CliRunner, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, 'name = "x"\nseed = [0]\n')
+    result = cli.invoke(cli_group(), ["sweep", str(spec)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: {spec}:2: seed: unknown key 'seed'. Did you mean 'seeds'? Known keys: " + ", ".join(sslbench.sweep.SPEC_KEYS)
+    ]
+    for args, message in (
+        (["sweep", "--pretexts", "rotaton"], "--pretexts: unknown pretext 'rotaton'. Did you mean 'rotation'?"),
+        (["sweep", "--seeds", "0,x"], "--seeds: 'x' is not an integer"),
+        (["sweep", "--shard", "3/2"], "--shard '3/2': need 1 <= I <= N"),
+        (["sweep", "--set", "downstream.lrr=1"], "--set downstream.lrr=1: no such setting 'downstream.lrr'"),
+    ):
+        result = cli.invoke(cli_group(), args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_report_formats_match_the_cli_choices() -> None:
+    from sslbench.report import FORMATS
+
+    assert sslbench.cli_sweep.REPORT_FORMATS == FORMATS
