@@ -30,7 +30,9 @@ class ImageFolder(ImageFileDataset):
         root = require_root(root, self.name)
         super().__init__(root, cache_bytes)
         self.paths = sorted(
-            p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+            p
+            for p in root.iterdir()
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
         )
         if not self.paths:
             raise DataError(

@@ -7,8 +7,10 @@ of them (at least one) is hidden: their pixels are set to 0 after normalisation 
 mean colour). The network predicts 3 maps, the *original* normalised image averaged
 over each stride x stride cell, so every output pixel is a colour.
 
-Loss: squared error over the hidden cells (all 3 channels), summed per image, averaged
-over the batch, summed over stages. Visible cells are weighted by
+Loss: squared error over the hidden cells (all 3 channels), summed over stages. Per
+stage it is the mean over the hidden values (``loss_scale="mean"``, like the pose
+task's default) or the per-image sum averaged over the batch (``loss_scale="sum"``,
+the CPM reference's scaling for SGD at lr 4e-6). Visible cells are weighted by
 ``unmasked_weight`` (default 0: the task is to infer what is hidden, and copying
 visible pixels through teaches little). Metrics: ``masked_mse`` (mean squared error per
 hidden value, normalised units; the monitor, lower is better), ``unmasked_mse``,
@@ -35,6 +37,7 @@ from sslbench.pretexts import (
     check_geometry,
     option_bool,
     option_float,
+    option_choice,
     option_int,
     pretext_factory,
     square_view,
@@ -53,12 +56,18 @@ class Inpaint(Pretext):
     monitor_mode = "min"
 
     def __init__(
-        self, mask_ratio: float = 0.3, grid: int = 4, unmasked_weight: float = 0.0, augment: bool = True
+        self,
+        mask_ratio: float = 0.3,
+        grid: int = 4,
+        unmasked_weight: float = 0.0,
+        augment: bool = True,
+        loss_scale: str = "mean",
     ) -> None:
         self.mask_ratio = option_float(self.name, "mask_ratio", mask_ratio, 0.0, 1.0, open_low=True)
         self.grid = option_int(self.name, "grid", grid, 1, 1000)
         self.unmasked_weight = option_float(self.name, "unmasked_weight", unmasked_weight, 0.0, 1e6)
         self.augment = option_bool(self.name, "augment", augment)
+        self.loss_scale = option_choice(self.name, "loss_scale", loss_scale, ("mean", "sum"))
 
     @property
     def num_outputs(self) -> int:
@@ -75,6 +84,7 @@ class Inpaint(Pretext):
             "grid": self.grid,
             "unmasked_weight": self.unmasked_weight,
             "augment": self.augment,
+            "loss_scale": self.loss_scale,
         }
 
     # -- samples ------------------------------------------------------------------------
@@ -116,10 +126,16 @@ class Inpaint(Pretext):
         return mask + self.unmasked_weight * (1.0 - mask)
 
     def loss(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
-        """Weighted squared error (hidden cells weight 1), summed per image, mean over batch, summed over stages."""
-        target, weights = batch["target"], self.weights(batch)
-        n = batch_size(batch)
-        return sum((weights * (out.float() - target) ** 2).sum() / n for out in outputs)  # type: ignore[return-value]
+        """Weighted squared error (hidden cells weight 1), summed over stages.
+
+        Per stage: the weighted mean over values (``mean``) or the weighted sum per image
+        averaged over the batch (``sum``).
+        """
+        target, weights = batch["target"].float(), self.weights(batch)
+        weights = weights.expand_as(target)
+        total = batch_size(batch) if self.loss_scale == "sum" else weights.sum().clamp_min(1e-12)
+        losses = [(weights * (out.float() - target) ** 2).sum() / total for out in outputs]
+        return torch.stack(losses).sum()
 
     def new_metric(self) -> Metric:
         return InpaintMetric(self)
@@ -160,7 +176,8 @@ def sslbench_pretexts() -> list[Entry]:
         Entry(
             "inpaint",
             "hide blocks of the image and reconstruct them as 3 colour maps at the output stride "
-            "(context encoder / masked image modelling); options: mask_ratio, grid, unmasked_weight, augment",
+            "(context encoder / masked image modelling); "
+            "options: mask_ratio, grid, unmasked_weight, augment, loss_scale",
             pretext_factory(Inpaint),
         )
     ]

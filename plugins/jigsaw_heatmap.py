@@ -5,8 +5,10 @@ between tiles and shuffled by a derangement (see :mod:`sslbench.jigsaw`). The ne
 predicts 9 maps, one per shuffled position: map ``i`` should peak at the centre of the
 cell that the tile now at position ``i`` came from. On the report's 46 x 46 maps the
 cell centres are 8, 24, 39 and the Gaussians have sigma 5; both scale with the map
-size. The loss is the CPM's: squared error summed over maps and pixels, averaged over
-the batch, summed over stages (intermediate supervision).
+size. The loss is summed over stages (intermediate supervision); per stage it is the
+mean squared error (``loss_scale="mean"``, like the pose task's default, for Adam) or
+the CPM reference's per-image sum of squared errors averaged over the batch
+(``loss_scale="sum"``: the MSE times 9 m m, for SGD at lr 4e-6 as in the report).
 
 Metric: ``tile_acc`` (the peak of map ``i`` lies nearest the centre of tile ``i``'s true
 cell; chance 1/9 = 11.1 %), ``puzzle_acc`` (all 9 right) and ``loss``.
@@ -16,7 +18,8 @@ Options: ``permutations`` (``fixed:10`` as in the report, ``fresh`` or ``set:N``
 shortcuts; off as in the report), ``sigma`` (map pixels; default 5 x m / 46), ``gap``
 (pixels between tiles at 368 px input, scaled with the input size, at least 1 px),
 ``centres`` (``report``: the report's cell centres, or ``exact``: the tiles' true
-centres) and ``augment`` (light zoom/shift/flip/colour augmentation when training).
+centres), ``augment`` (light zoom/shift/flip/colour augmentation when training) and
+``loss_scale`` (``mean`` or ``sum``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from sslbench.hookspecs import hookimpl
 from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey
@@ -74,13 +78,17 @@ class JigsawHeatmap(Pretext):
         gap: int = REPORT_GAP,
         centres: str = "report",
         augment: bool = True,
+        loss_scale: str = "mean",
     ) -> None:
         self.permutations = PermutationMode.parse(permutations)
+        if self.permutations.kind == "set":
+            self.permutations.permutation_set()  # build it now, before data-loader workers fork
         self.tile_crop = option_bool(self.name, "tile_crop", tile_crop)
         self.sigma = None if sigma is None else option_float(self.name, "sigma", sigma, 0.0, 1000.0, open_low=True)
         self.gap = option_int(self.name, "gap", gap, 0, 100)
         self.centres = option_choice(self.name, "centres", centres, ("report", "exact"))
         self.augment = option_bool(self.name, "augment", augment)
+        self.loss_scale = option_choice(self.name, "loss_scale", loss_scale, ("mean", "sum"))
 
     @property
     def num_outputs(self) -> int:
@@ -95,6 +103,7 @@ class JigsawHeatmap(Pretext):
             "gap": self.gap,
             "centres": self.centres,
             "augment": self.augment,
+            "loss_scale": self.loss_scale,
         }
 
     # -- samples ------------------------------------------------------------------------
@@ -127,10 +136,10 @@ class JigsawHeatmap(Pretext):
 
     # -- training -----------------------------------------------------------------------
     def loss(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
-        """Squared error summed over maps and pixels, mean over the batch, summed over stages."""
-        target = batch["target"]
-        n = batch_size(batch)
-        return sum(((out.float() - target) ** 2).sum() / n for out in outputs)  # type: ignore[return-value]
+        """Per-stage MSE (or per-image sum of squared errors, ``loss_scale="sum"``), summed over stages."""
+        target = batch["target"].float()
+        scale = target[0].numel() if self.loss_scale == "sum" else 1
+        return torch.stack([F.mse_loss(out.float(), target) for out in outputs]).sum() * scale
 
     def new_metric(self) -> Metric:
         return HeatmapJigsawMetric(self)
@@ -162,7 +171,7 @@ def sslbench_pretexts() -> list[Entry]:
         Entry(
             "jigsaw-heatmap",
             "3x3 jigsaw as 9 belief maps peaking at each tile's origin cell (report sec. 3.3.3); "
-            "options: permutations, tile_crop, sigma, gap, centres, augment",
+            "options: permutations, tile_crop, sigma, gap, centres, augment, loss_scale",
             pretext_factory(JigsawHeatmap),
         )
     ]

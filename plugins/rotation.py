@@ -17,7 +17,15 @@ import torch.nn.functional as F
 from sslbench.hookspecs import hookimpl
 from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey
 from sslbench.pipeline import to_tensor
-from sslbench.pretexts import Averages, base_sample, batch_size, check_geometry, option_bool, pretext_factory, square_view
+from sslbench.pretexts import (
+    Averages,
+    base_sample,
+    batch_size,
+    check_geometry,
+    option_bool,
+    pretext_factory,
+    square_view,
+)
 from sslbench.registry import Entry
 
 NUM_ROTATIONS = 4
@@ -57,7 +65,7 @@ class Rotation(Pretext):
 
     def loss(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
         """Cross-entropy of the pooled logits, summed over stages."""
-        return sum(F.cross_entropy(self.logits(out), batch["label"]) for out in outputs)  # type: ignore[return-value]
+        return torch.stack([F.cross_entropy(self.logits(out), batch["label"]) for out in outputs]).sum()
 
     def new_metric(self) -> Metric:
         return RotationMetric(self)

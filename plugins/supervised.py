@@ -50,4 +50,10 @@ class NoPretext(Pretext):
 
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
-    return [Entry("none", "no pretraining: the supervised baseline, trained from random initialisation", pretext_factory(NoPretext))]
+    return [
+        Entry(
+            "none",
+            "no pretraining: the supervised baseline, trained from random initialisation",
+            pretext_factory(NoPretext),
+        )
+    ]

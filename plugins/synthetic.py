@@ -5,9 +5,12 @@ background. A 3-D skeleton is posed by forward kinematics (sports-like poses wit
 joint limits, per-person proportions), turned about the vertical axis, projected
 orthographically and rolled in the image plane. Body parts are drawn as filled,
 rimmed and textured shapes from far to near, so nearer parts hide farther ones; a
-joint is marked occluded (visibility 0) when something drawn later than the parts it
-belongs to covers it. Images are deterministic in (dataset seed, index) and never
+joint is marked occluded (visibility 0) when a nearer body part or a foreground
+object covers it. Images are deterministic in (dataset seed, index) and never
 stored: one takes a few milliseconds to render.
+
+:func:`render_person` is the reusable entry point: one image and its joints from a
+numpy Generator.
 """
 
 from __future__ import annotations
@@ -468,15 +471,27 @@ class _Part:
     depth: float
     group: str
     owners: tuple[int, ...]
+    #: a body volume (torso, pelvis) hides a joint only well inside its outline, not at its edge
+    volume: bool = False
 
 
 @dataclass
 class _Figure:
-    """A projected person: joints in pixels and the parts to draw, far to near."""
+    """A projected person: joints and the parts to draw (far to near) on a local canvas.
 
-    joints: np.ndarray  # (14, 2)
+    Everything is in pixels of a canvas just big enough for the person, whose top-left
+    corner sits at *origin* in the image: drawing and compositing only touch those pixels.
+    """
+
+    origin: tuple[int, int]
+    size: tuple[int, int]
+    joints: np.ndarray  # (14, 2), local
     depths: np.ndarray  # (14,) towards the viewer, in standing heights
+    #: (14,) depth of the body's mid-plane at hips and shoulders (NaN elsewhere): the torso hides
+    #: one of those joints when the joint is behind it
+    mid_depths: np.ndarray
     parts: list[_Part]
+    reach: float  # pixels round a joint that must be covered too for a body volume to hide it
 
 
 class _Projection:
@@ -489,6 +504,12 @@ class _Projection:
         self.plane = (scale * np.array([[c, -s], [s, c]]) @ np.array([[1.0, 0.0], [0.0, -1.0]])).T
         self.scale = scale
         self.offset = offset
+
+    def shifted(self, by: np.ndarray) -> "_Projection":
+        """The same projection with the image origin moved by *by* pixels."""
+        moved = _Projection(0.0, 0.0, self.scale, self.offset + by)
+        moved.turn, moved.plane = self.turn, self.plane
+        return moved
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         return (points @ self.turn)[..., :2] @ self.plane + self.offset
@@ -563,12 +584,20 @@ def _sample_look(r: _Random) -> _Look:
 def _figure(skeleton: _Skeleton, body: _Body, look: _Look, project: _Projection) -> _Figure:
     """Project the skeleton and build every part's polygons (pixels), depth and owned joints."""
     px = project.scale
+    lo, hi = _extent(skeleton, project)
+    pad = 0.08 * max(body.bulk, 1.0) * px + 2.0  # limb, head and rim thickness beyond the outline points
+    corner = np.floor(lo - pad)
+    origin = (int(corner[0]), int(corner[1]))
+    size = (int(math.ceil(hi[0] + pad - corner[0])), int(math.ceil(hi[1] + pad - corner[1])))
+    project = project.shifted(-corner)
     rim = max(1.0, 0.011 * px)
     j2 = project(skeleton.joints)
     jz = project.depth(skeleton.joints)
     parts: list[_Part] = []
 
-    def capsule(a: np.ndarray, b: np.ndarray, ra: float, rb: float, depth: float, group: str, owners: tuple[int, ...]) -> None:
+    def capsule(
+        a: np.ndarray, b: np.ndarray, ra: float, rb: float, depth: float, group: str, owners: tuple[int, ...]
+    ) -> None:
         ra, rb = ra * px * body.bulk, rb * px * body.bulk
         outer = _capsule(a, b, ra, rb)
         inner = _capsule(a, b, max(ra - rim, 0.5), max(rb - rim, 0.5))
@@ -577,14 +606,18 @@ def _figure(skeleton: _Skeleton, body: _Body, look: _Look, project: _Projection)
     def prism(rings: np.ndarray, depth: float, group: str, owners: tuple[int, ...]) -> None:
         # the fill: every ring's corners pulled towards the ring's centre by the rim width
         centres = rings.mean(axis=1, keepdims=True)
-        size = np.linalg.norm(rings - centres, axis=2, keepdims=True).clip(1e-6)
-        inner = centres + (rings - centres) * np.maximum(1 - rim / (px * size), 0.3)
-        parts.append(_Part(_prism_faces(project(rings)), _prism_faces(project(inner)), depth, group, owners))
+        radius = np.linalg.norm(rings - centres, axis=2, keepdims=True).clip(1e-6)
+        inner = centres + (rings - centres) * np.maximum(1 - rim / (px * radius), 0.3)
+        outer_faces, inner_faces = _prism_faces(project(rings)), _prism_faces(project(inner))
+        parts.append(_Part(outer_faces, inner_faces, depth, group, owners, volume=True))
 
     torso_depth = float(project.depth(skeleton.torso.reshape(-1, 3)).mean())
     # hips and shoulders lie on the torso's surface: whether it hides them is decided by depth
     prism(skeleton.torso, torso_depth, "shirt", (NECK,))
-    prism(skeleton.pelvis, torso_depth + 1e-4, "trousers", ())
+    prism(skeleton.pelvis, float(project.depth(skeleton.pelvis.reshape(-1, 3)).mean()), "trousers", ())
+    mid_depths = np.full(NUM_JOINTS, np.nan)
+    mid_depths[[R_HIP, L_HIP]] = 0.0  # the pelvis is the origin
+    mid_depths[[R_SHOULDER, L_SHOULDER]] = project.depth(skeleton.shoulder_centre)
     upper_group = "skin" if look.sleeves == "none" else "shirt"
     fore_group = "shirt" if look.sleeves == "long" else "skin"
     shin_group = "trousers" if look.long_trousers else "skin"
@@ -610,8 +643,8 @@ def _figure(skeleton: _Skeleton, body: _Body, look: _Look, project: _Projection)
     major = max(0.52 * length, minor * 1.05)
     head_depth = float(project.depth(skeleton.head_centre))
     outline = _ellipse(centre, axis, major, minor)
-    head = _Part([outline.ravel().tolist()], [_shrink(outline, rim).ravel().tolist()], head_depth, "skin", (NECK, HEAD_TOP))
-    parts.append(head)
+    inner = _shrink(outline, rim)
+    parts.append(_Part([outline.ravel().tolist()], [inner.ravel().tolist()], head_depth, "skin", (NECK, HEAD_TOP)))
     facing = float(project.depth(skeleton.head_forward))
     threshold = min(0.55, 0.1 + 0.9 * facing)
     cos_t = np.cos(np.linspace(0.0, 2 * math.pi, len(outline), endpoint=False))
@@ -622,13 +655,20 @@ def _figure(skeleton: _Skeleton, body: _Body, look: _Look, project: _Projection)
         flat = hair.ravel().tolist()
         parts.append(_Part([flat], [flat], head_depth + 1e-4, "hair", (NECK, HEAD_TOP)))
     parts.sort(key=lambda part: part.depth)
-    return _Figure(joints=j2, depths=jz, parts=parts)
+    return _Figure(origin=origin, size=size, joints=j2, depths=jz, mid_depths=mid_depths, parts=parts, reach=0.05 * px)
 
 
 def _extent(skeleton: _Skeleton, project: _Projection) -> tuple[np.ndarray, np.ndarray]:
     """(min, max) corners of the points that outline a person (widths not included)."""
     points = np.concatenate(
-        [skeleton.joints, skeleton.hands, skeleton.toes, skeleton.heels, skeleton.torso.reshape(-1, 3), skeleton.head_centre[None]]
+        [
+            skeleton.joints,
+            skeleton.hands,
+            skeleton.toes,
+            skeleton.heels,
+            skeleton.torso.reshape(-1, 3),
+            skeleton.head_centre[None],
+        ]
     )
     p2 = project(points)
     return p2.min(axis=0), p2.max(axis=0)
@@ -649,6 +689,9 @@ def _noise_tiles() -> tuple[Image.Image, Image.Image]:
 
 
 def _crop(tile: Image.Image, size: tuple[int, int], r: _Random) -> Image.Image:
+    """A *size* window of *tile* at a random offset (the tile is stretched if it is too small)."""
+    if size[0] > tile.width or size[1] > tile.height:
+        tile = tile.resize((max(size[0], tile.width), max(size[1], tile.height)))
     x, y = r.i(0, tile.width - size[0] + 1), r.i(0, tile.height - size[1] + 1)
     return tile.crop((x, y, x + size[0], y + size[1]))
 
@@ -745,11 +788,17 @@ def _paint_figure(canvas: Image.Image, figure: _Figure, look: _Look, r: _Random,
     Part k (1 is the farthest) is drawn with label 2k (its darker rim) and 2k + 1 (its
     fill); 0 is background. Parts are lit from a random side: brighter towards the light.
     """
-    size = canvas.size
+    size = figure.size
     label = Image.new("L", size, 0)
     draw = ImageDraw.Draw(label)
     palette = [0] * 768
-    group_colour = {"skin": look.skin, "hair": look.hair, "shirt": look.shirt, "trousers": look.trousers, "shoes": look.shoes}
+    group_colour = {
+        "skin": look.skin,
+        "hair": look.hair,
+        "shirt": look.shirt,
+        "trousers": look.trousers,
+        "shoes": look.shoes,
+    }
     in_group: dict[str, list[int]] = {"shirt": [0] * 256, "trousers": [0] * 256}
     light = r.u(0, 2 * math.pi)
     lx, ly = math.cos(light) * 0.5 / height, math.sin(light) * 0.5 / height
@@ -780,12 +829,15 @@ def _paint_figure(canvas: Image.Image, figure: _Figure, look: _Look, r: _Random,
             shade.paste(pattern, mask=label.point(in_group[group]))
     if shade is not None:
         person = ImageChops.multiply(person, shade.convert("RGB"))
-    canvas.paste(person, mask=label.point(_ANYTHING))
+    canvas.paste(person, figure.origin, mask=label.point(_ANYTHING))
     return label
 
 
 def _draw_occluder(canvas: Image.Image, label: Image.Image, figure: _Figure, r: _Random, height: float) -> None:
-    """A ball, post or board in front of part of the person; its pixels get :data:`OCCLUDER_LABEL`."""
+    """A ball, post or board in front of part of the person; its pixels get :data:`OCCLUDER_LABEL`.
+
+    *label* is the figure's local label image; the shape is placed in its coordinates.
+    """
     tx, ty = figure.joints[r.i(0, NUM_JOINTS)].tolist()
     tx, ty = tx + r.normal(0, 0.08 * height), ty + r.normal(0, 0.08 * height)
     kind = r.i(0, 3)
@@ -799,23 +851,25 @@ def _draw_occluder(canvas: Image.Image, label: Image.Image, figure: _Figure, r: 
     else:  # board
         hw, hh = r.u(0.05, 0.15) * height, r.u(0.05, 0.15) * height
         shape = [tx - hw, ty - hh, tx + hw, ty + hh]
-    colour = _any_colour(r)
-    for image, fill in ((canvas, colour), (label, OCCLUDER_LABEL)):
+    ox, oy = figure.origin
+    on_canvas = [v + (ox if i % 2 == 0 else oy) for i, v in enumerate(shape)]
+    for image, points, fill in ((canvas, on_canvas, _any_colour(r)), (label, shape, OCCLUDER_LABEL)):
         draw = ImageDraw.Draw(image)
         if kind == 0:
-            draw.ellipse(shape, fill=fill)
+            draw.ellipse(points, fill=fill)
         elif kind == 1:
-            draw.polygon(shape, fill=fill)
+            draw.polygon(points, fill=fill)
         else:
-            draw.rectangle(shape, fill=fill)
+            draw.rectangle(points, fill=fill)
 
 
 def _visibility(label: Image.Image, figure: _Figure) -> np.ndarray:
     """Visibility flags: 0 where a joint's pixel shows something in front of the joint, else 1.
 
     In front means: a foreground object, or a body part drawn after every part the joint
-    belongs to and nearer to the viewer than the joint by :data:`DEPTH_MARGIN` (so a
-    hip on the edge of the torso stays visible, the far hip in a side view does not).
+    belongs to and nearer to the viewer than the joint by :data:`DEPTH_MARGIN`. The torso
+    hides a hip or shoulder only well inside its outline: a hip on the edge of the torso
+    stays visible, the far hip in a side view does not.
     """
     labels = np.asarray(label)
     last_owner = [0] * NUM_JOINTS
@@ -823,13 +877,25 @@ def _visibility(label: Image.Image, figure: _Figure) -> np.ndarray:
         for joint in part.owners:
             last_owner[joint] = k
     h, w = labels.shape
-    xs = np.clip(np.rint(figure.joints[:, 0]).astype(int), 0, w - 1)
-    ys = np.clip(np.rint(figure.joints[:, 1]).astype(int), 0, h - 1)
+    # each joint's pixel and four pixels round it (right, left, down, up)
+    steps = np.array([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]) * figure.reach
+    points = np.rint(figure.joints[:, None, :] + steps).astype(int)
+    xs, ys = np.clip(points[..., 0], 0, w - 1), np.clip(points[..., 1], 0, h - 1)
+    covering = (labels[ys, xs] // 2).tolist()
     visible = np.ones(NUM_JOINTS, dtype=np.float32)
-    for joint, k in enumerate((labels[ys, xs] // 2).tolist()):
+    for joint, (k, *around) in enumerate(covering):
         if k > len(figure.parts):
             visible[joint] = 0.0
-        elif k > last_owner[joint] and figure.parts[k - 1].depth > figure.depths[joint] + DEPTH_MARGIN:
+            continue
+        if k <= last_owner[joint]:
+            continue
+        part = figure.parts[k - 1]
+        if not part.volume:
+            in_front = part.depth > figure.depths[joint] + DEPTH_MARGIN
+        else:
+            mid = figure.mid_depths[joint]
+            in_front = (part.depth if np.isnan(mid) else mid) > figure.depths[joint] + DEPTH_MARGIN and min(around) >= k
+        if in_front:
             visible[joint] = 0.0
     return visible
 
@@ -881,7 +947,7 @@ def render_person(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     canvas = canvas.filter(ImageFilter.BoxBlur(r.u(0.3, 0.9)))
     grain = Image.blend(Image.new("RGB", size, (128, 128, 128)), _crop(_noise_tiles()[0], size, r), r.u(0.05, 0.25))
     canvas = ImageChops.add(canvas, grain, scale=1.0, offset=-128)
-    joints = np.concatenate([figure.joints, visible[:, None]], axis=1).astype(np.float32)
+    joints = np.concatenate([figure.joints + figure.origin, visible[:, None]], axis=1).astype(np.float32)
     return np.array(canvas), joints
 
 
@@ -974,7 +1040,11 @@ class SyntheticPeople(ImageDataset):
 @hookimpl
 def sslbench_datasets() -> list[Entry]:
     return [
-        Entry("synthetic", "Procedurally rendered people with 14 LSP joints, made on the fly (no download)", SyntheticPeople),
+        Entry(
+            "synthetic",
+            "Procedurally rendered people with 14 LSP joints, made on the fly (no download)",
+            SyntheticPeople,
+        ),
         Entry(
             "synthetic-unlabelled",
             "Synthetic people without labels, a separate image stream for pretext training",

@@ -9,29 +9,28 @@ A checkpoint called ``STEM`` is two files:
   library versions, the optimiser's non-tensor structure) and the SHA-256 of the
   weights file.
 
-Both are written atomically (temporary file in the same directory, fsync, rename),
+Both are written atomically with :mod:`sslbench.atomic` (temporary file in the same
+directory, fsync, rename),
 weights first and JSON last: the JSON is the commit marker, and its hash catches a
 weights file that does not belong to it (a write interrupted between the two renames).
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import json
-import os
 import platform
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import safetensors
 import safetensors.torch
 import torch
 from torch import nn
 
+from sslbench import atomic
 from sslbench.errors import CheckpointError, ConfigError
 from sslbench.interfaces import Backbone
 
@@ -41,56 +40,6 @@ WEIGHTS_SUFFIX = ".safetensors"
 META_SUFFIX = ".json"
 OPTIM_PREFIX = "optim."
 EXTRA_PREFIX = "extra."
-
-
-# ------------------------------------------------------------------------ atomic files
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path next to *path*; on success fsync it and rename it over *path*.
-
-    On any error the temporary file is removed and *path* is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """Write *data* to *path* atomically (readers see the old file or the whole new one)."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write_text(path: Path | str, text: str) -> None:
-    """Write UTF-8 *text* to *path* atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (best effort: not every platform can open directories)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- paths
@@ -221,8 +170,8 @@ def save_checkpoint(
         text = json.dumps(info, indent=2, sort_keys=True, allow_nan=True)
     except TypeError as exc:
         raise ValueError(f"checkpoint metadata is not JSON-serialisable: {exc}") from None
-    atomic_write_bytes(weights_path, data)
-    atomic_write_text(meta_path, text + "\n")
+    atomic.write_bytes(weights_path, data)
+    atomic.write_text(meta_path, text + "\n")
     return meta_path
 
 
@@ -254,7 +203,9 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
     weights_path, meta_path = checkpoint_paths(path)
     if not meta_path.is_file():
         if weights_path.is_file():
-            raise CheckpointError(f"checkpoint {meta_path} is missing: {weights_path.name} has no metadata (interrupted write?)")
+            raise CheckpointError(
+                f"checkpoint {meta_path} is missing: {weights_path.name} has no metadata (interrupted write?)"
+            )
         raise CheckpointError(f"checkpoint {meta_path} not found")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -321,9 +272,14 @@ def load_weights(model: nn.Module, checkpoint: Checkpoint) -> None:
             if keys:
                 details.append(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}")
         ckpt_desc = describe_backbone(checkpoint.backbone, checkpoint.meta.get("num_outputs"))
+        model_desc = _model_description(model)
+        if ckpt_desc == model_desc:
+            raise CheckpointError(
+                f"checkpoint {checkpoint.path}: its weights do not fit the backbone it records, {ckpt_desc} "
+                f"({'; '.join(details)})"
+            )
         raise CheckpointError(
-            f"checkpoint {checkpoint.path} holds {ckpt_desc}, which does not fit {_model_description(model)} "
-            f"({'; '.join(details)})"
+            f"checkpoint {checkpoint.path} holds {ckpt_desc}, which does not fit {model_desc} ({'; '.join(details)})"
         )
     model.load_state_dict(checkpoint.state, strict=True)
 

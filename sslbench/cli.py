@@ -81,14 +81,14 @@ def plugins_command(as_json: bool) -> None:
         err_console.print(f"[yellow]warning:[/] {message}")
 
 
-# -- commands defined in their own modules (one line each, keep sorted) -------------------
-# COMMANDS
+# -- commands defined in their own modules ------------------------------------------------
 from sslbench.cli_data import data_group  # noqa: E402
-main.add_command(data_group)
+from sslbench.cli_model import evaluate_command, predict_command  # noqa: E402
+from sslbench.cli_run import run_command  # noqa: E402
 from sslbench.cli_sweep import report_command, sweep_command  # noqa: E402
 
-main.add_command(sweep_command)
-main.add_command(report_command)
+for _command in (data_group, run_command, evaluate_command, predict_command, sweep_command, report_command):
+    main.add_command(_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -192,8 +192,9 @@ def verify_dataset(
                 continue
             joints = dataset.joints(index)
             x, y = joints[:, 0], joints[:, 1]
-            # the picture spans 0..W x 0..H in either pixel convention (0- or 1-based centres)
-            outside = int(((x < 0) | (y < 0) | (x > width) | (y > height)).sum())
+            # pixels cover -0.5..W-0.5 with 0-based centres, 0.5..W+0.5 with MATLAB's 1-based ones:
+            # a joint is outside when it is outside both
+            outside = int(((x < -0.5) | (y < -0.5) | (x > width + 0.5) | (y > height + 0.5)).sum())
             if outside:
                 report.joints_outside += outside
                 report.images_with_joints_outside.append(dataset.image_id(index))
@@ -375,8 +376,7 @@ def pose_tile(
     error = float(np.abs(points[present] - input_joints[present, :2]).max()) if present.any() else 0.0
     picture = Image.fromarray(to_image(sample["image"]))
     draw_skeleton(picture, points, present, input_joints[:, 2])
-    flipped = bool(sample["flip"]) if "flip" in sample else float(np.linalg.det(sample["matrix"][:2, :2].numpy())) < 0
-    return Tile(picture, dataset.image_id(index) + (" (flip)" if flipped else "")), error
+    return Tile(picture, dataset.image_id(index) + (" (flip)" if bool(sample["flip"]) else "")), error
 
 
 def crop_tile(dataset: ImageDataset, index: int, geometry: Geometry) -> Tile:
@@ -478,7 +478,7 @@ def preview_tiles(
 )
 @click.option("--input-size", type=click.IntRange(16, 1024), default=256, show_default=True, help="Input size.")
 @click.option("--stride", type=click.IntRange(1, 64), default=8, show_default=True, help="Network output stride.")
-@click.option("--augment/--no-augment", default=True, show_default=True, help="Training augmentation (turn, scale, flip).")
+@click.option("--augment/--no-augment", default=True, show_default=True, help="Random rotation, scale and flip.")
 @click.option("--skip-bad", is_flag=True, help="Leave unreadable images out.")
 def preview_command(
     name: str,

@@ -6,7 +6,7 @@ The heavy modules (pandas, scipy, torch) are imported inside the commands, so th
 
 from __future__ import annotations
 
-import sys
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,20 +100,30 @@ def print_plan(plan: Plan, results: Path, workdir: Path, console: Console, estim
     statuses = {cell.cell_id: _status_of(results, workdir, cell.cell_id) for cell in plan.cells}
     table = Table(title=f"sweep {plan.name}: {len(plan.cells)} cells" + (f" (shard {shard})" if shard else ""),
                   title_justify="left")  # fmt: skip
-    for column in ("#", "cell", "strategy", "backbone", "train size", "seed", "pretraining", "estimate", "status"):
-        table.add_column(column, justify="right" if column in ("#", "train size", "seed", "estimate") else "left")
+    several_backbones = len({cell.config.backbone for cell in plan.cells}) > 1
+    columns = ["#", "cell", "strategy", "backbone", "images", "seed", "pretrain", "estimate", "status"]
+    if not several_backbones:
+        columns.remove("backbone")
+    for column in columns:
+        right = column in ("#", "images", "seed", "estimate")
+        table.add_column(column, justify="right" if right else "left", no_wrap=column != "strategy", overflow="fold")
     for number, cell in enumerate(plan.cells, start=1):
         c = cell.config
-        table.add_row(
+        row = [
             str(number), cell.cell_id, c.strategy, c.backbone, "all" if c.train_size is None else str(c.train_size),
             str(c.seed), short.get(cell.pretrain_key or "", "-"),
             format_seconds(estimates.get(cell.cell_id)) if estimates is not None else "", statuses[cell.cell_id],
-        )  # fmt: skip
+        ]  # fmt: skip
+        if not several_backbones:
+            del row[3]
+        table.add_row(*row)
     console.print(table)
+    if plan.description:
+        console.print(plan.description, highlight=False)
     if groups:
         shared = Table(title="pretext pretrainings (each trained once, reused by its cells)", title_justify="left")
         for column in ("", "key", "pretext", "backbone", "pretext data", "seed", "cells"):
-            shared.add_column(column)
+            shared.add_column(column, no_wrap=column in ("key", "pretext"))
         for key, cells in groups.items():
             c = cells[0].config
             shared.add_row(short[key], key, c.pretext, c.backbone, c.pretext_data, str(c.seed), str(len(cells)))
@@ -176,15 +186,15 @@ def sweep_command(spec_path: Path | None, results_dir: Path | None, workdir: Pat
 
         sslbench sweep benchmarks/example-synthetic.toml --dry-run
     """
-    from sslbench.sweep import Estimator, Plan, expand, parse_shard, run_sweep, shard_cells
+    from sslbench.sweep import Estimator, expand, parse_shard, run_sweep, shard_cells, worker_threads
 
     console, err = Console(), Console(stderr=True)
+    shard_of = parse_shard(shard) if shard else None
     spec = build_spec(spec_path, **axes)
     registry = default_registry()
     plan = expand(spec, registry)
-    if shard:
-        index, count = parse_shard(shard)
-        plan = Plan(plan.name, shard_cells(plan.cells, index, count), plan.pruned)
+    if shard_of:
+        plan = dataclasses.replace(plan, cells=shard_cells(plan.cells, *shard_of))
     results = results_dir or Path("results") / plan.name
     if dry_run:
         estimator = Estimator(registry, results, measure=True)
@@ -194,6 +204,12 @@ def sweep_command(spec_path: Path | None, results_dir: Path | None, workdir: Pat
         return
     if plan.pruned:
         err.print("pruned: " + "; ".join(f"{c} ({r})" for c, r in plan.pruned), highlight=False, soft_wrap=True)
+    where = f" (shard {shard})" if shard else ""
+    parallel = ""
+    if workers > 1:
+        threads, loaders = worker_threads(workers)
+        parallel = f", {workers} worker processes x {threads} thread(s), at most {loaders} loader process(es) each"
+    console.print(f"sweep {plan.name}: {len(plan.cells)} cells{where}{parallel}; results in {results}", highlight=False)
     estimates = Estimator(registry, results, measure=False).estimates(plan.cells)
     outcome = run_sweep(
         plan.cells, results, workdir, workers=workers, retry_failed=retry_failed, name=plan.name,
@@ -208,7 +224,7 @@ def sweep_command(spec_path: Path | None, results_dir: Path | None, workdir: Pat
         err.print(f"failed cells: {', '.join(outcome.failed)} (errors in {results / 'cells'}; rerun with --retry-failed)")
     console.print(f"tables: sslbench report {results}", highlight=False)
     if outcome.failed:
-        sys.exit(1)
+        click.get_current_context().exit(1)
 
 
 @click.command("report")

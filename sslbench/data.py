@@ -7,6 +7,7 @@ builds it, in whatever order, and after a resume.
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any, Sequence
 
@@ -119,7 +120,9 @@ def make_loader(
     :meth:`TaskDataset.set_epoch` called before this takes effect in every worker.
     Under torch.distributed (and unless *shard* is False) a :class:`DistributedSampler`
     gives each rank its shard.
-    ``pin_memory`` only when CUDA is present and the device is not the CPU.
+    ``pin_memory`` only when CUDA is present and the device is not the CPU. With
+    workers, images of datasets that can ``preload`` (file datasets with a decoded-image
+    cache) are decoded in this process first, so the forked workers share them.
     """
     dataset.set_epoch(epoch)
     base_seed = int(np.random.SeedSequence([seed, epoch, _SHUFFLE_WORD]).generate_state(1)[0])
@@ -129,7 +132,11 @@ def make_loader(
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=base_seed, drop_last=False)
         sampler.set_epoch(epoch)
         shuffle = False
-    workers = settings.num_workers
+    # a parallel sweep (sslbench.sweep, --workers N) caps loader processes per cell: no oversubscribed cores
+    workers = min(settings.num_workers, int(os.environ.get("SSLBENCH_MAX_LOADER_WORKERS", settings.num_workers)))
+    preload = getattr(dataset.images, "preload", None)
+    if workers > 0 and callable(preload):
+        preload(dataset.active_indices)  # decoded once here; forked workers inherit the cache
     return DataLoader(
         dataset,
         batch_size=settings.batch_size,

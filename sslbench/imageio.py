@@ -6,9 +6,10 @@ keeps decoded images in memory up to a byte budget, so a dataset the size of LSP
 (2000 images, about 120 MB decoded) is decoded once per process. DataLoader workers
 each hold their own copy: call :meth:`ImageFileDataset.preload` in the main process
 before the workers start so they inherit the decoded images instead of decoding them
-again in every (non-persistent) worker. :class:`ImageFileDataset` is what the ``lsp``, ``lspet`` and
-``folder`` plugins share: a list of files, the cache, ``--skip-bad`` and the split of
-an unlabelled pool.
+again in every (non-persistent) worker.
+
+:class:`ImageFileDataset` is what the ``lsp``, ``lspet`` and ``folder`` plugins share:
+a list of files, the cache, ``--skip-bad`` and the split of an unlabelled pool.
 """
 
 from __future__ import annotations
@@ -313,9 +314,8 @@ class ImageFileDataset(ImageDataset):
 
     def _check_protocol(self, protocol: str) -> None:
         if protocol not in self.protocols:
-            raise ConfigError(
-                f"--protocol: dataset {self.name!r} has no protocol {protocol!r}; available: {', '.join(self.protocols)}"
-            )
+            known = ", ".join(self.protocols)
+            raise ConfigError(f"--protocol: dataset {self.name!r} has no protocol {protocol!r}; available: {known}")
 
     def unlabelled_splits(self, protocol: str, train_size: int | None, seed: int) -> Splits:
         """Pretext split of the whole pool: 5% (at most 500) held out for validation, no test."""

@@ -201,7 +201,7 @@ class PoseTask(Task):
             order = list(FLIP_INDEX)
             input_xy, visible = input_xy[order], visible[order]
         with np.errstate(invalid="ignore"):
-            inside = np.isfinite(input_xy).all(axis=1) & (input_xy >= 0).all(axis=1) & (input_xy <= size - 1).all(axis=1)
+            inside = np.isfinite(input_xy).all(axis=1) & ((input_xy >= 0) & (input_xy <= size - 1)).all(axis=1)
         map_xy = np.nan_to_num(input_to_map(input_xy, stride), nan=-1e6)
         target = with_background(gaussian_maps(map_xy, geometry.map_size, self.sigma, present=inside))
 

@@ -22,7 +22,7 @@ import torch
 
 from sslbench.errors import ConfigError, DataError
 from sslbench.interfaces import Geometry, Pretext
-from sslbench.pipeline import centre_map, centre_square, crop_matrix, to_tensor, warp
+from sslbench.pipeline import centre_map, centre_square, crop_matrix, warp
 
 #: the CPM centre-map sigma at 368 px, scaled with the input size
 CENTREMAP_SIGMA_AT_368 = 21.0
@@ -60,7 +60,9 @@ def option_float(pretext: str, option: str, value: Any, low: float, high: float,
     ok = ok and (value > low if open_low else value >= low) and value <= high
     if not ok:
         bracket = "(" if open_low else "["
-        raise ConfigError(f"pretext {pretext}: option {option} must be a number in {bracket}{low}, {high}], got {value!r}")
+        raise ConfigError(
+            f"pretext {pretext}: option {option} must be a number in {bracket}{low}, {high}], got {value!r}"
+        )
     return float(value)
 
 

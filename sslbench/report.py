@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import html
+import io
 import json
 import math
 import warnings
@@ -99,8 +100,8 @@ class Report:
     @property
     def rows(self) -> list[str]:
         """Row labels, the baseline first, then by name."""
-        labels = sorted(self.summary["row"].unique(), key=lambda r: (not r.startswith(BASELINE), r))
-        return list(labels)
+        strategy = dict(zip(self.summary["row"], self.summary["strategy"]))
+        return sorted(strategy, key=lambda row: (strategy[row] != BASELINE, row))
 
     @property
     def train_sizes(self) -> list[int]:
@@ -167,12 +168,13 @@ def build_report(df: pd.DataFrame, metric: str = "pck@0.2") -> Report:
     keys = _distinguishing(done)
     done["row"] = [_row_label(row, keys) for _, row in done.iterrows()]
     pair_keys = [k for k in keys if not _pretext_only(k)]
-    for key in pair_keys:
-        done[f"_pair:{key}"] = done[key].map(_hashable)
+    for key in pair_keys:  # as text, so that missing values (None) match each other too
+        done[f"_pair:{key}"] = done[key].map(lambda v: json.dumps(_hashable(v), sort_keys=True, default=str))
     pair_columns = [f"_pair:{k}" for k in pair_keys]
     baseline = done[done["strategy"] == BASELINE]
-    extra = [c for c in ("test_loss", "report_loss", "converge_epoch", "best_epoch", "epochs_run") if c in done.columns]
-    parts = [f"part.{p}" for p in PART_NAMES if f"part.{p}" in done.columns]
+    present = [c for c in done.columns if done[c].notna().any()]
+    extra = [c for c in ("test_loss", "report_loss", "converge_epoch", "best_epoch", "epochs_run") if c in present]
+    parts = [f"part.{p}" for p in PART_NAMES if f"part.{p}" in present]
 
     rows = []
     for (label, size), group in done.groupby(["row", "train_size"], sort=True):
@@ -229,9 +231,9 @@ def _p(value: float) -> str:
     return "p<0.001" if value < 0.001 else f"p={value:.3f}"
 
 
-def _pivot(report: Report, cell: Callable[[pd.Series], str], columns: list[int] | None = None) -> pd.DataFrame:
-    columns = columns or report.train_sizes
-    table = pd.DataFrame("", index=report.rows, columns=[str(c) for c in columns])
+def _pivot(report: Report, cell: Callable[[pd.Series], str]) -> pd.DataFrame:
+    """Strategies x training-set sizes, each cell rendered by *cell* from its summary row."""
+    table = pd.DataFrame("", index=report.rows, columns=[str(c) for c in report.train_sizes])
     for _, entry in report.summary.iterrows():
         if str(entry["train_size"]) in table.columns:
             table.loc[entry["row"], str(entry["train_size"])] = cell(entry)
@@ -258,7 +260,7 @@ def views(report: Report) -> list[View]:
 
     out = [
         View(
-            f"{metric}: mean ± 95% CI over seeds",
+            f"{metric} by number of training images: mean ± 95% CI over seeds",
             _pivot(report, mean_cell),
             "CI: t-distribution, n-1 degrees of freedom; n = number of seeds.",
         )
@@ -266,7 +268,7 @@ def views(report: Report) -> list[View]:
     if report.has_baseline:
         out.append(
             View(
-                f"{metric}: difference to {BASELINE} at the same budget, paired by seed",
+                f"{metric}: difference to {BASELINE} with the same training images, paired by seed",
                 _pivot(report, diff_cell),
                 "mean difference ± 95% CI of the paired differences; p from a paired t-test (scipy ttest_rel); "
                 "n/a with fewer than 2 seed pairs.",
@@ -294,7 +296,7 @@ def views(report: Report) -> list[View]:
 
         out.append(
             View(
-                "Report-style view: test loss of the selected checkpoint (converge epoch)",
+                "Report-style view by number of training images: test loss of the selected checkpoint (converge epoch)",
                 _pivot(report, report_cell),
                 "The original study's table: its scaled MSE (lower is better) and the epoch after which "
                 "validation stopped improving, means over seeds. Selected on validation, not on test.",
@@ -311,12 +313,14 @@ def failed_table(report: Report) -> pd.DataFrame:
 # -------------------------------------------------------------------------------- formats
 
 
-def _markdown_table(table: pd.DataFrame) -> str:
+def _markdown_table(table: pd.DataFrame, align: str = "---:") -> str:
+    """A GitHub-flavoured pipe table; the index is the first column, the others aligned by *align*."""
+
     def esc(text: Any) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
 
     header = [table.index.name or ""] + [str(c) for c in table.columns]
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join(["---"] + [align] * len(table.columns)) + "|"]
     for index, row in table.iterrows():
         lines.append("| " + " | ".join([esc(index)] + [esc(v) for v in row]) + " |")
     return "\n".join(lines)
@@ -324,13 +328,17 @@ def _markdown_table(table: pd.DataFrame) -> str:
 
 def _latex_table(table: pd.DataFrame, caption: str) -> str:
     styler = table.style.format(escape="latex").format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
-    text = styler.to_latex(caption=caption.replace("%", r"\%").replace("_", r"\_"), hrules=True, position="htbp")
+    text = styler.to_latex(
+        caption=caption.replace("%", r"\%").replace("_", r"\_"), hrules=True, position="htbp",
+        column_format="l" + "r" * len(table.columns),
+    )  # fmt: skip
     return text.replace("±", r"$\pm$")
 
 
 def _header(report: Report, sources: Sequence[str]) -> list[str]:
     done = len(report.df)
-    lines = [f"{done} finished cell(s), {len(report.failed)} failed; results from {', '.join(sources) or '?'}."]
+    where = f"; results from {', '.join(sources)}" if sources else ""
+    lines = [f"{done} finished cell(s), {len(report.failed)} failed{where}."]
     if report.row_keys:
         lines.append("Settings that differ between cells (in row labels): " + ", ".join(k.removeprefix("config.") for k in report.row_keys) + ".")
     return lines
@@ -343,7 +351,7 @@ def render(report: Report, fmt: str, sources: Sequence[str] = ()) -> str:
     if fmt == "csv":
         return report.summary.to_csv(index=False)
     if fmt == "terminal":
-        console = Console(width=160, record=True, file=open_null(), color_system=None)
+        console = Console(width=160, record=True, file=io.StringIO(), color_system=None)
         print_terminal(report, console, sources)
         return console.export_text()
     parts = views(report)
@@ -358,7 +366,7 @@ def render(report: Report, fmt: str, sources: Sequence[str] = ()) -> str:
             if view.note:
                 out += [f"_{view.note}_", ""]
         if not failed.empty:
-            out += ["## Failed cells", "", _markdown_table(failed.set_index("cell_id")), ""]
+            out += ["## Failed cells", "", _markdown_table(failed.set_index("cell_id"), align="---"), ""]
         return "\n".join(out)
     if fmt == "latex":
         out = [f"% {title}", *(f"% {line}" for line in _header(report, sources)), ""]
@@ -388,12 +396,6 @@ def render(report: Report, fmt: str, sources: Sequence[str] = ()) -> str:
     )
 
 
-def open_null() -> Any:
-    import io
-
-    return io.StringIO()
-
-
 def print_terminal(report: Report, console: Console, sources: Sequence[str] = ()) -> None:
     """The report as rich tables on *console*."""
     for line in _header(report, sources):
@@ -402,16 +404,20 @@ def print_terminal(report: Report, console: Console, sources: Sequence[str] = ()
         if view.table.empty:
             console.print(f"[bold]{view.title}[/]: {view.note}", highlight=False)
             continue
-        table = Table(title=view.title, title_justify="left", caption=view.note or None, caption_justify="left")
+        console.print(f"\n[bold]{view.title}[/]", highlight=False)
+        table = Table()
         table.add_column(view.table.index.name or "", overflow="fold")
         for column in view.table.columns:
             table.add_column(str(column), justify="right")
         for index, row in view.table.iterrows():
             table.add_row(str(index), *[str(v) for v in row])
         console.print(table)
+        if view.note:
+            console.print(view.note, style="dim", highlight=False)
     failed = failed_table(report)
     if not failed.empty:
-        table = Table(title="failed cells", title_justify="left")
+        console.print("\n[bold]failed cells[/]")
+        table = Table()
         for column in failed.columns:
             table.add_column(column, overflow="fold")
         for _, row in failed.iterrows():
@@ -423,7 +429,7 @@ def print_terminal(report: Report, console: Console, sources: Sequence[str] = ()
 
 
 def _figure(width: float = 7.0, height: float = 4.5) -> Any:
-    from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, saves with Agg
 
     return Figure(figsize=(width, height), layout="constrained")
 
@@ -486,20 +492,31 @@ def read_curves(path: Path, warn: Callable[[str], None]) -> pd.DataFrame:
     return pd.json_normalize(rows, sep=".") if rows else pd.DataFrame()
 
 
-_NOT_CURVES = ("epoch", "step", "time", "seconds", "lr", "images_per_s", "img_per_s", "wall")
+#: per-epoch values that are not learning curves (bookkeeping, speed, schedule)
+_NOT_CURVES = ("epoch", "step", "time", "seconds", "lr", "images_per_s", "img_per_s", "wall", "improved")
 
 
 def plot_curves(record: pd.Series, path: Path, warn: Callable[[str], None]) -> Path | None:
-    """Training and validation curves of one cell: losses left, other metrics right."""
+    """Training and validation curves of one cell: losses left, other metrics right.
+
+    Per-stage, per-joint and per-part breakdowns and bookkeeping (lr, timing) are left out.
+    """
     source = record.get("files.metrics_jsonl")
     if not isinstance(source, str) or not Path(source).is_file():
         warn(f"cell {record['cell_id']}: no per-epoch metrics file ({source}); no curves")
         return None
     curves = read_curves(Path(source), warn)
-    numeric = [c for c in numeric_columns(curves) if not c.split(".")[-1].endswith(_NOT_CURVES) and c != "epoch"]
+    def wanted(column: str) -> bool:
+        parts = column.split(".")
+        breakdown = any(p.startswith(("stage", "joint", "part")) for p in parts[:-1]) or parts[-2:-1] in (["joint"], ["part"])
+        return not breakdown and not parts[-1].endswith(_NOT_CURVES) and parts[-1] != "report_loss"
+
+    numeric = [c for c in numeric_columns(curves) if wanted(c)]
     if curves.empty or not numeric:
         warn(f"cell {record['cell_id']}: {source} holds no numeric per-epoch values; no curves")
         return None
+    from matplotlib.ticker import MaxNLocator
+
     x = curves["epoch"] if "epoch" in curves.columns else pd.Series(range(1, len(curves) + 1))
     losses = [c for c in numeric if "loss" in c]
     others = [c for c in numeric if c not in losses]
@@ -511,6 +528,7 @@ def plot_curves(record: pd.Series, path: Path, warn: Callable[[str], None]) -> P
         for column in columns:
             values = curves[column]
             axes.plot(x[values.notna()], values.dropna(), marker=".", label=column)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("epoch")
         axes.set_ylabel(label)
         axes.grid(alpha=0.3)
@@ -548,7 +566,8 @@ def write_plots(
     report: Report, directory: Path | str, curves: Sequence[str] | None = None, warn: Callable[[str], None] | None = None
 ) -> list[Path]:
     """PNG plots into *directory*: metric vs train size, per-part bars per size, curves of chosen cells."""
-    warn = warn or (lambda message: warnings.warn(message, stacklevel=2))
+    if warn is None:
+        warn = lambda message: warnings.warn(message, stacklevel=2)  # noqa: E731
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     safe = report.metric.replace("@", "_at_").replace("/", "_")

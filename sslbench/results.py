@@ -22,7 +22,7 @@ Columns of ``results.csv`` / :func:`load_results` (one row per cell; PCK and AUC
 column                          meaning
 ==============================  =====================================================================
 ``cell_id``                     hash of the full run config (``config_hash(config)``); the record's file name
-``status``                      ``done`` or ``failed``
+``status``                      ``done`` or ``failed`` (failed cells have no metrics)
 ``error``                       why a failed cell failed (empty when done)
 ``strategy``                    ``supervised`` or ``<pretext>/<policy>`` plus ``:frozen`` when transferred layers were frozen
 ``pretext``                     pretext task (``none`` for supervised training from scratch)
@@ -46,20 +46,21 @@ column                          meaning
 ``joint.<name>``                test PCK@0.2 of one joint (``joint.r_ankle`` ... ``joint.head_top``)
 ``part.<Part>``                 test PCK@0.2 per part, left and right averaged: Head, Shoulder, Elbow,
                                 Wrist, Hip, Knee, Ankle, and Mean
-``pretext.<name>``              final metrics of the pretext task (e.g. ``pretext.tile_accuracy``);
-                                empty for supervised cells
+``pretext.<name>``              held-out metrics of the pretext task (e.g. ``pretext.loss``,
+                                ``pretext.tile_acc`` of jigsaw-heatmap); empty for supervised cells
 ``timing.pretrain_s``           seconds of pretext training (0 when it came from the cache)
 ``timing.pretrain_cached``      whether the pretrained weights were reused from an earlier cell
 ``timing.downstream_s``         seconds of downstream training
 ``timing.eval_s``               seconds of the final test evaluation
 ``timing.total_s``              wall seconds of the whole cell
 ``timing.downstream_img_per_s`` downstream training throughput (images per second)
-``timing.pretrain_img_per_s``   pretext training throughput (empty when cached or supervised)
+``timing.pretrain_img_per_s``   pretext training throughput of the run that trained the weights
+                                (also when reused from the cache; empty for supervised cells)
 ``env.*``                       where it ran: ``env.sslbench``, ``env.torch``, ``env.python``,
                                 ``env.platform``, ``env.device``, ``env.cpu``, ``env.threads``,
                                 ``env.gpu``, ``env.commit`` (``+dirty`` marks local changes)
 ``files.*``                     ``files.run_dir``, ``files.metrics_jsonl`` (per-epoch curves, JSON lines),
-                                ``files.best_checkpoint``
+                                ``files.best_checkpoint``; failed cells: ``files.log`` (the traceback)
 ``config.<field>``              every field of the run config, nested ones dotted
                                 (``config.downstream.lr``, ``config.backbone_options.width``)
 ``schema``                      record format version (currently 1)
@@ -79,13 +80,14 @@ import contextlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import filelock
 import pandas as pd
 
 from sslbench.atomic import write_text
 from sslbench.errors import DataError
+from sslbench.joints import JOINT_NAMES, PARTS
 
 #: version of the record format written by this sslbench
 SCHEMA = 1
@@ -157,7 +159,7 @@ def iter_records(results_dir: Path | str, warn: Warn | None = None) -> Iterator[
     Leftover temporary files of interrupted writes and corrupt records are skipped with a
     warning naming the file.
     """
-    warn = warn or _default_warn
+    warn = _default_warn if warn is None else warn
     cells = Path(results_dir) / "cells"
     if not cells.is_dir():
         return
@@ -175,7 +177,7 @@ def iter_records(results_dir: Path | str, warn: Warn | None = None) -> Iterator[
 
 def records_dataframe(records: list[dict[str, Any]], sources: list[str] | None = None, warn: Warn | None = None) -> pd.DataFrame:
     """The flat table (columns documented above) of already-loaded records."""
-    warn = warn or _default_warn
+    warn = _default_warn if warn is None else warn
     if not records:
         return pd.DataFrame(columns=list(ID_COLUMNS))
     _check_schemas(records, sources, warn)
@@ -200,11 +202,23 @@ def records_dataframe(records: list[dict[str, Any]], sources: list[str] | None =
             df[column] = None
     for column in ("train_size", "seed"):
         df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
-    first = list(ID_COLUMNS)
-    rest = sorted(c for c in df.columns if c not in first)
-    ordered = first + [c for c in rest if not c.startswith(("env.", "files.", "config."))]
-    ordered += [c for c in rest if c.startswith(("env.", "files.", "config."))]
-    return df[ordered].sort_values(["strategy", "train_size", "seed", "cell_id"], na_position="last", kind="stable").reset_index(drop=True)
+    return df[_column_order(df.columns)].sort_values(["strategy", "train_size", "seed", "cell_id"], na_position="last", kind="stable").reset_index(drop=True)
+
+
+def _column_order(columns: Iterable[str]) -> list[str]:
+    """Identification, metrics (documented ones first), breakdowns, timing, env, files, config, bookkeeping."""
+    rest = [c for c in columns if c not in ID_COLUMNS]
+    groups = ("joint.", "part.", "pretext.", "timing.", "env.", "files.", "config.")
+    last = ("schema", "created", "source")
+    metrics = [c for c in EXPECTED_METRICS if c in rest]
+    metrics += sorted(c for c in rest if c not in metrics and c not in last and not c.startswith(groups))
+    ordered = list(ID_COLUMNS) + metrics
+    known = {"joint.": [f"joint.{j}" for j in JOINT_NAMES], "part.": [f"part.{p}" for p in (*PARTS, "Mean")]}
+    for prefix in groups:
+        found = [c for c in rest if c.startswith(prefix)]
+        order = known.get(prefix, [])
+        ordered += sorted(found, key=lambda c: (order.index(c) if c in order else len(order), c))
+    return ordered + [c for c in last if c in rest]
 
 
 def _strategy(pretext: Any, policy: Any, freeze: Any) -> str:
@@ -236,9 +250,9 @@ def _check_schemas(records: list[dict[str, Any]], sources: list[str] | None, war
         for key in set(record) - set(RECORD_KEYS):
             unknown.setdefault(key, []).append(Path(name).name)
     for schema, files in sorted(other.items(), key=lambda item: str(item[0])):
-        age = "newer" if isinstance(schema, int) and schema > SCHEMA else "older"
+        age = "a newer" if isinstance(schema, int) and schema > SCHEMA else "an older"
         warn(
-            f"{len(files)} record(s) written by an {age} sslbench (schema {schema}, this version reads {SCHEMA}), "
+            f"{len(files)} record(s) written by {age} sslbench (schema {schema}, this version reads {SCHEMA}), "
             f"e.g. {files[0]}: reading the fields this version knows"
         )
     for key, files in sorted(unknown.items()):
@@ -246,19 +260,24 @@ def _check_schemas(records: list[dict[str, Any]], sources: list[str] | None, war
 
 
 def _warn_missing(df: pd.DataFrame, warn: Warn) -> None:
+    """Add expected columns that records lack (empty), with one warning for each kind of gap."""
     done = df["status"] == "done" if "status" in df.columns else pd.Series(True, index=df.index)
     if not done.any():
         return
     expected = list(EXPECTED_METRICS) + list(EXPECTED_TIMING)
-    expected += [f"part.{p}" for p in ("Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "Mean")]
+    expected += [f"part.{p}" for p in (*PARTS, "Mean")]
+    absent = [c for c in expected if c not in df.columns]
+    for column in absent:
+        df[column] = float("nan")
+    if absent:
+        warn(f"no record has column(s) {', '.join(absent)} (older sslbench?); left empty")
+    gaps: dict[int, list[str]] = {}
     for column in expected:
-        if column not in df.columns:
-            df[column] = float("nan")
-            warn(f"no record has column {column!r} (older sslbench?); left empty")
-        else:
-            lacking = int((done & df[column].isna()).sum())
-            if lacking and column != "timing.pretrain_img_per_s":
-                warn(f"{lacking} finished record(s) lack column {column!r} (older sslbench?); left empty")
+        lacking = int((done & df[column].isna()).sum())
+        if column not in absent and lacking and column != "timing.pretrain_img_per_s":  # None when cached
+            gaps.setdefault(lacking, []).append(column)
+    for lacking, columns in sorted(gaps.items()):
+        warn(f"{lacking} finished record(s) lack column(s) {', '.join(columns)} (older sslbench?); left empty")
 
 
 def _record_dirs(path: Path) -> list[Path]:
@@ -276,7 +295,7 @@ def load_results(*results_dirs: Path | str, warn: Warn | None = None) -> pd.Data
     ``./results``). A cell found twice keeps its newest record. Raises :class:`DataError`
     when nothing can be read, with one line saying where it looked.
     """
-    warn = warn or _default_warn
+    warn = _default_warn if warn is None else warn
     if not results_dirs:
         raise DataError("no results directory given")
     records: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -330,7 +349,7 @@ class ResultsStore:
         try:
             return read_record(path)
         except DataError as exc:
-            (warn or _default_warn)(f"{exc}; the cell will run again")
+            (_default_warn if warn is None else warn)(f"{exc}; the cell will run again")
             return None
 
     def status(self, cell_id: str, warn: Warn | None = None) -> str | None:
@@ -369,7 +388,7 @@ class ResultsStore:
         """Regenerate ``results.csv`` from the records (under a lock, atomically); None when empty."""
         self.root.mkdir(parents=True, exist_ok=True)
         with filelock.FileLock(str(self.root / ".results.csv.lock")):
-            loaded = list(iter_records(self.root, warn or (lambda message: None)))
+            loaded = list(iter_records(self.root, (lambda message: None) if warn is None else warn))
             if not loaded:
                 return None
             df = records_dataframe([r for _, r in loaded], [str(p) for p, _ in loaded], lambda message: None)

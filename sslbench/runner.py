@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from sslbench.errors import CheckpointError
 from sslbench.interfaces import Backbone, Geometry, ImageDataset, Pretext
 from sslbench.pose import PoseTask
 from sslbench.registry import Registry, default_registry
+from sslbench.splits import budget
 from sslbench.train import evaluate, fit, resolve_device
 from sslbench.transfer import transfer
 
@@ -41,8 +43,10 @@ def cell_id(config: RunConfig) -> str:
     return config_hash(config.to_dict())
 
 
-def open_dataset(registry: Registry, name: str, root: str | None, option: str) -> ImageDataset:
-    return registry.create("dataset", name, option, root=Path(root) if root else None)
+def open_dataset(
+    registry: Registry, name: str, root: str | None, options: dict[str, Any], option: str
+) -> ImageDataset:
+    return registry.create("dataset", name, option, root=Path(root) if root else None, **options)
 
 
 def build_backbone(registry: Registry, config: RunConfig, num_outputs: int) -> Backbone:
@@ -74,7 +78,7 @@ def run_cell(
     registry.get("backbone", config.backbone, "--backbone")
     pretext: Pretext = registry.create("pretext", config.pretext, "--pretext", **config.pretext_options)
     policy = registry.create("policy", config.policy, "--policy")
-    data = open_dataset(registry, config.data, config.root, "--data")
+    data = open_dataset(registry, config.data, config.root, config.data_options, "--data")
     splits = data.splits(config.protocol, config.train_size, config.seed)
     if splits.warning:
         console.print(f"[yellow]warning:[/] {splits.warning}")
@@ -85,13 +89,14 @@ def run_cell(
     pretrained = pretrain(config, pretext, Path(workdir), registry, console) if pretext.trains else None
 
     torch.manual_seed(config.seed)
-    pose = PoseTask(sigma=config.sigma)
+    pose = PoseTask(sigma=config.sigma, loss_scale=config.loss_scale)
     model = build_backbone(registry, config, pose.num_outputs)
     if pretrained is not None:
         report = transfer(pretrained["state"], model, policy, config.freeze)
         console.print(report.table())
     geometry = Geometry(model.input_size, model.stride)
-    train_set = TaskDataset(data, splits.train, pose, geometry, seed=config.seed, train=True)
+    train_set = TaskDataset(data, splits.train, pose, geometry, seed=config.seed, train=True,
+                            limit=config.downstream.samples_per_epoch)  # fmt: skip
     val_set = TaskDataset(data, splits.val, pose, geometry, seed=config.seed, train=False, limit=config.downstream.val_samples)
     test_set = TaskDataset(data, splits.test, pose, geometry, seed=config.seed, train=False)
     console.print(
@@ -102,6 +107,7 @@ def run_cell(
     fitted = fit(
         model, pose, train_set, val_set, config.downstream, run_dir / "downstream",
         seed=config.seed, resume=resume, label=f"pose {config.strategy}", console=console,
+        meta={"run": config.to_dict(), "cell_id": cid},
     )  # fmt: skip
     downstream_s = time.perf_counter() - downstream_start
 
@@ -192,8 +198,11 @@ def pretrain(
                         "cached": True, "images_per_s": meta.get("images_per_s")}  # fmt: skip
 
         write_json(cache_dir / "key.json", key)
-        pool = open_dataset(registry, config.pretext_data, config.pretext_root, "--pretext-data")
-        splits = pool.splits("standard", config.pretext_images, config.seed)
+        pool = open_dataset(registry, config.pretext_data, config.pretext_root, config.pretext_data_options, "--pretext-data")
+        splits = pool.splits("standard", None, config.seed)
+        if config.pretext_images is not None:  # "at most": a smaller pool is used whole
+            size = min(config.pretext_images, len(splits.train))
+            splits = replace(splits, train=budget(splits.train, size, config.seed, "--pretext-images"))
         torch.manual_seed(config.seed)
         model = build_backbone(registry, config, pretext.num_outputs)
         geometry = Geometry(model.input_size, model.stride)
@@ -209,6 +218,7 @@ def pretrain(
         fitted = fit(
             model, pretext, train_set, val_set, config.pretrain, cache_dir / "run",
             seed=config.seed, resume=True, label=f"pretext {config.pretext}", console=console,
+            meta={"pretext_key": key},
         )  # fmt: skip
         seconds = time.perf_counter() - start
         held_out = evaluate(model, pretext, val_set, config.pretrain)

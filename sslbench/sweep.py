@@ -12,7 +12,7 @@ sizes x seeds, written on the command line or in a TOML spec (``benchmarks/*.tom
     [set]                      # any RunConfig setting, applied to every cell
     downstream.epochs = 3
     [pretext_options.jigsaw-heatmap]   # options for one pretext only
-    permutations = 10
+    tile_crop = true
 
 Pairs that make no sense (a transfer policy without pretraining, a pretext whose
 weights no policy uses) are pruned and listed. Cells are ordered so that cells
@@ -59,7 +59,7 @@ Runner = Callable[..., dict]
 #: environment variable read by the training code: cap on data-loader worker processes
 LOADER_WORKERS_ENV = "SSLBENCH_MAX_LOADER_WORKERS"
 
-#: top-level keys of a sweep spec, with what they mean (used for "did you mean" hints)
+#: top-level keys of a sweep spec and what they mean (unknown keys get a "did you mean")
 SPEC_KEYS: dict[str, str] = {
     "name": "sweep name; results go to ./results/<name>/",
     "description": "free text",
@@ -285,6 +285,7 @@ class Plan:
     cells: list[Cell]
     #: (combination, reason) of every pruned pretext x policy pair
     pruned: list[tuple[str, str]] = field(default_factory=list)
+    description: str = ""
 
     def pretrainings(self) -> dict[str, list[Cell]]:
         """Pretraining key -> the cells sharing it, in run order."""
@@ -350,8 +351,15 @@ def _apply_override(config: RunConfig, override: Override, types: dict[str, str]
 
 
 def expand(spec: SweepSpec, registry: Registry) -> Plan:
-    """All sensible cells of *spec*, validated against the installed plugins, in run order."""
-    base = profile_config(spec.profile)
+    """All sensible cells of *spec*, validated against the installed plugins, in run order.
+
+    Supervised cells take the profile's pretext settings (they train no pretext), so
+    sweeps that differ only in their pretraining share the same baseline cells.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", spec.name):
+        raise ConfigError(f"{spec.where('name')}: {spec.name!r} is not a usable directory name (letters, digits, . _ + -)")
+    profile = profile_config(spec.profile)
+    base = profile
     types = _setting_types()
     for override in spec.overrides:
         base = _apply_override(base, override, types)
@@ -377,6 +385,16 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
     for kind, tables in (("backbone", spec.backbone_options), ("pretext", spec.pretext_options)):
         for name in tables:
             registry.get(kind, name, spec.where(f"{kind}_options", name))
+    for name in spec.pretexts:  # options are checked by building the task: cheap, and fails in a second
+        if name != "none":
+            options = {**base.pretext_options, **spec.pretext_options.get(name, {})}
+            where = spec.where("pretext_options", name) if name in spec.pretext_options else spec.where("pretexts", value=name)
+            try:
+                registry.create("pretext", name, where, **options)
+            except TypeError as exc:
+                raise ConfigError(f"{where}: pretext {name!r} does not accept options {options}: {exc}") from None
+            except SSLBenchError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
 
     pruned: dict[str, str] = {}
     cells: dict[str, Cell] = {}
@@ -395,6 +413,9 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
                 fields[key] = getattr(spec, key)
         fields["backbone_options"] = {**base.backbone_options, **spec.backbone_options.get(backbone, {})}
         fields["pretext_options"] = {**base.pretext_options, **spec.pretext_options.get(pretext, {})}
+        if pretext == "none":
+            for key in ("pretext_options", "pretext_data", "pretext_root", "pretext_images", "pretrain"):
+                fields[key] = profile.to_dict()[key]
         config = RunConfig.from_dict(fields)
         try:
             config.validate()
@@ -402,7 +423,8 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
             raise ConfigError(f"sweep {spec.name}, cell {config.strategy}: {exc}") from None
         cell = Cell.of(config)
         cells.setdefault(cell.cell_id, cell)
-    return Plan(spec.name, order_cells(cells.values(), backbones, spec.pretexts, [p for p, *_ in policies]), list(pruned.items()))
+    ordered = order_cells(cells.values(), backbones, spec.pretexts, [text for text, *_ in policies])
+    return Plan(spec.name, ordered, list(pruned.items()), spec.description)
 
 
 def order_cells(
@@ -475,39 +497,32 @@ class CellEstimate:
     downstream_s: float | None
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def measure_throughput(config: RunConfig, registry: Registry, budget_s: float = 3.0, max_batch: int = 8) -> float:
     """Training images per second of the config's backbone, timed on random tensors.
 
-    A few real optimiser steps (forward, MSE on every stage, backward, SGD), with the
-    downstream precision, memory format and device; takes about *budget_s* seconds.
+    A few real optimiser steps (forward, MSE on every stage, backward, SGD) on the device,
+    in the precision and memory format the downstream training would use; takes about
+    *budget_s* seconds.
     """
     import torch
 
+    from sslbench.train import autocast_context, prepare_model, resolve_device
+
     settings = config.downstream
-    device = torch.device(_device(settings.device))
+    device = resolve_device(settings.device)
     net = registry.create("backbone", config.backbone, "--backbones", num_outputs=NUM_JOINTS + 1, **config.backbone_options)
-    net = net.to(device)
+    channels_last = prepare_model(net, device, settings)
     batch = max(1, min(settings.batch_size, max_batch))
     size = int(net.input_size)
     image = torch.randn(batch, 3, size, size, device=device)
     centermap = torch.rand(batch, 1, size, size, device=device)
-    if settings.channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    if channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-6)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with autocast:
+        with autocast_context(device, settings):
             outputs = net(image, centermap)
         loss = sum(o.float().pow(2).mean() for o in outputs)
         loss.backward()
@@ -686,8 +701,9 @@ def failed_record(cell: Cell, error: str, seconds: float, log: Path | None = Non
     if "torch" in sys.modules:  # the full description needs torch: only when it is loaded anyway
         try:
             from sslbench import environment
+            from sslbench.train import resolve_device
 
-            env = environment.describe(_device(config.downstream.device))
+            env = environment.describe(resolve_device(config.downstream.device))
         except Exception:  # describing the machine must not hide the real error
             pass
     return {
@@ -810,11 +826,12 @@ class _Display:
         self.actual: dict[str, float] = {}
         self.task = progress.add_task(f"sweep {name}", total=total, status="")
 
-    def update(self, left: Sequence[str], running: int) -> None:
+    def update(self, unfinished: Sequence[str], running: int) -> None:
+        """*unfinished*: ids of the cells running or waiting; *running*: how many of them run."""
         c = self.counts
-        eta = self.eta(left)
+        eta = self.eta(unfinished)
         status = (
-            f"done {c['done'] + c['skipped']} · running {running} · failed {c['failed']} · left {len(left)}"
+            f"done {c['done'] + c['skipped']} · running {running} · failed {c['failed']} · left {len(unfinished) - running}"
             + (f" · ~{format_seconds(eta)} left" if eta is not None else "")
         )
         self.progress.update(self.task, completed=c["done"] + c["failed"] + c["skipped"] + c["busy"], status=status)
@@ -827,7 +844,7 @@ class _Display:
     def eta(self, left: Sequence[str]) -> float | None:
         """Remaining estimates scaled by how the finished cells compared with theirs, else the mean cell."""
         if not left:
-            return 0.0
+            return None
         known = [self.estimates.get(i) for i in left]
         if all(e is not None for e in known):
             pairs = [(self.actual[i], self.estimates[i]) for i in self.actual if self.estimates.get(i)]

@@ -18,6 +18,10 @@ get a smooth curve; ``warmup_epochs`` first ramps the factor linearly from
 - ``step``: the factor is 1, then 0.1 for the last third of the epochs (from epoch
   ``round(2/3 x epochs) + 1`` on).
 
+Speed settings: ``precision`` ``auto`` uses bf16 autocast on CUDA and on CPUs with
+native bf16 (AVX512-BF16 / AMX), fp32 elsewhere; ``channels_last`` None means on CUDA
+only. Losses and metrics are always computed in float32.
+
 Optimisers: ``sgd`` (momentum and L2 weight decay, as the reference CPM training),
 ``adam`` (L2 weight decay added to the gradient) and ``adamw`` (decoupled weight decay).
 Only parameters with ``requires_grad`` are optimised, so frozen layers never change.
@@ -45,6 +49,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from sslbench import atomic
 from sslbench.checkpoint import (
     Checkpoint,
     checkpoint_exists,
@@ -118,11 +123,43 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _autocast(device: torch.device, settings: TrainSettings) -> contextlib.AbstractContextManager:
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), from /proc/cpuinfo."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
+def use_bf16(settings: TrainSettings, device: torch.device) -> bool:
+    """``precision``: ``bf16``/``fp32`` as given; ``auto`` is bf16 autocast on CUDA (when the
+    GPU supports it) and on CPUs with native bf16, fp32 elsewhere (emulated bf16 is slower)."""
+    if settings.precision == "auto":
+        if device.type == "cuda":
+            return torch.cuda.is_bf16_supported()
+        return cpu_has_native_bf16()
+    return settings.precision == "bf16"
+
+
+def use_channels_last(settings: TrainSettings, device: torch.device) -> bool:
+    """``channels_last``: as given, or (None) on CUDA only."""
+    return device.type == "cuda" if settings.channels_last is None else bool(settings.channels_last)
+
+
+def autocast_context(device: torch.device, settings: TrainSettings) -> contextlib.AbstractContextManager:
+    """bf16 autocast on *device* when :func:`use_bf16`, else a no-op context."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16(settings, device))
+
+
+def batch_to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
+    """Every tensor of *batch* on *device*; the ``image`` in channels_last format when asked."""
     moved = {}
     for key, value in batch.items():
         if isinstance(value, torch.Tensor):
@@ -133,12 +170,14 @@ def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool)
     return moved
 
 
-def _prepare(model: nn.Module, device: torch.device, settings: TrainSettings) -> None:
+def prepare_model(model: nn.Module, device: torch.device, settings: TrainSettings) -> bool:
+    """Move *model* to *device* (and memory format); returns whether channels_last is used."""
     model.to(device)
-    if settings.channels_last:
-        model.to(memory_format=torch.channels_last)
+    channels_last = use_channels_last(settings, device)
+    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    return channels_last
 
 
 # -------------------------------------------------------------------- optimiser, schedule
@@ -221,12 +260,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def _truncate_metrics(path: Path, last_epoch: int) -> None:
     """Keep only whole lines of epochs up to *last_epoch* (those the last checkpoint knows)."""
-    from sslbench.checkpoint import atomic_write_text
-
     if not path.exists():
         return
     kept = [r for r in read_jsonl(path) if int(r.get("epoch", 0)) <= last_epoch]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 # -------------------------------------------------------------------------- progress
@@ -291,7 +328,7 @@ def evaluate(model: nn.Module, task: Task, dataset: TaskDataset, settings: Train
     """
     device = resolve_device(settings.device)
     net = _unwrap(model)
-    _prepare(net, device, settings)
+    channels_last = prepare_model(net, device, settings)
     was_training = net.training
     net.eval()
     metric = task.new_metric()
@@ -299,8 +336,8 @@ def evaluate(model: nn.Module, task: Task, dataset: TaskDataset, settings: Train
     try:
         with torch.inference_mode():
             for batch in loader:
-                batch = _to_device(batch, device, settings.channels_last)
-                with _autocast(device, settings):
+                batch = batch_to_device(batch, device, channels_last)
+                with autocast_context(device, settings):
                     outputs = net(batch["image"], batch.get("centermap"))
                 metric.update([o.float() for o in outputs], batch)
     finally:
@@ -351,7 +388,9 @@ def converge_epoch(history: list[dict[str, Any]], key: str, best: float | None, 
     return int(history[-1]["epoch"]) if history else 0
 
 
-def _fit_key(model: nn.Module, task: Task, train_set: TaskDataset, val_set: TaskDataset, settings: TrainSettings, seed: int) -> str:
+def _fit_key(
+    model: nn.Module, task: Task, train_set: TaskDataset, val_set: TaskDataset, settings: TrainSettings, seed: int
+) -> str:
     """Hash of everything that makes a run directory's checkpoints belong to this call."""
     relevant = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("device", "num_workers")}
     return config_hash(
@@ -361,8 +400,8 @@ def _fit_key(model: nn.Module, task: Task, train_set: TaskDataset, val_set: Task
             "frozen": sorted(model.frozen) if isinstance(model, Backbone) else [],
             "settings": relevant,
             "seed": seed,
-            "train": config_hash(train_set.indices),
-            "val": config_hash(val_set.indices),
+            "train": config_hash([train_set.indices, train_set.limit]),
+            "val": config_hash([val_set.indices, val_set.limit]),
         }
     )
 
@@ -453,7 +492,7 @@ def fit(
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
         torch.cuda.set_device(device)
     torch.manual_seed(seed)
-    _prepare(model, device, settings)
+    channels_last = prepare_model(model, device, settings)
 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -475,7 +514,9 @@ def fit(
         if info.get("done"):
             model.load_state_dict(best_state)
             if say:
-                say.print(f"{label or 'fit'}: already finished in {run_dir} (best epoch {state.best_epoch})", highlight=False)
+                say.print(
+                    f"{label or 'fit'}: already finished in {run_dir} (best epoch {state.best_epoch})", highlight=False
+                )
             return FitResult.from_dict(info["result"])
         load_weights(model, resumed)
         if resumed.optimizer is not None:
@@ -504,6 +545,9 @@ def fit(
         "monitor": task.monitor,
         "monitor_mode": task.monitor_mode,
         "label": label,
+        "precision": "bf16" if use_bf16(settings, device) else "fp32",
+        "channels_last": channels_last,
+        "device": str(device),
     }
     result: FitResult | None = None
     for epoch in range(state.epoch + 1, settings.epochs + 1):
@@ -511,11 +555,14 @@ def fit(
         lr = float(optimizer.param_groups[0]["lr"])
         loader = make_loader(train_set, settings, shuffle=True, seed=seed, epoch=epoch)
         description = f"{label + ' ' if label else ''}epoch {epoch}/{settings.epochs}"
-        train_loss, images = _train_epoch(net, task, loader, optimizer, scheduler, device, settings, console, description, writer)
+        train_loss, images = _train_epoch(
+            net, task, loader, optimizer, scheduler, device, settings, channels_last, console, description, writer
+        )
         train_time = time.perf_counter() - started
         if not math.isfinite(train_loss):
             raise ConfigError(
-                f"training diverged: the train loss is {train_loss} in epoch {epoch} (lower the learning rate, now {settings.lr})"
+                f"training diverged: the train loss is {train_loss} in epoch {epoch} "
+                f"(lower the learning rate, now {settings.lr})"
             )
 
         decision: list[Any] = [None]
@@ -630,13 +677,15 @@ def _restore_best(last: Checkpoint, best_path: Path, state: _Progress, writer: b
                 with contextlib.suppress(CheckpointError):
                     stale = load_checkpoint(best_path).meta.get("epoch") != state.best_epoch
             if stale:
-                meta = {k: v for k, v in last.meta.items() if k not in ("fit", "optimizer", "weights", "versions", "created")}
+                dropped = ("fit", "optimizer", "weights", "versions", "created")
+                meta = {k: v for k, v in last.meta.items() if k not in dropped}
                 save_checkpoint(best_path, weights, {**meta, "epoch": state.best_epoch, "metrics": state.best_metrics})
         return weights
     best = load_checkpoint(best_path)
     if best.meta.get("epoch") != state.best_epoch:
         raise CheckpointError(
-            f"checkpoint {best.path} is from epoch {best.meta.get('epoch')}, but the run's best epoch is {state.best_epoch}"
+            f"checkpoint {best.path} is from epoch {best.meta.get('epoch')}, "
+            f"but the run's best epoch is {state.best_epoch}"
         )
     return dict(best.state)
 
@@ -673,6 +722,7 @@ def _train_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device,
     settings: TrainSettings,
+    channels_last: bool,
     console: Console | None,
     description: str,
     writer: bool,
@@ -685,8 +735,8 @@ def _train_epoch(
     last_refresh = 0.0
     with _Bar(console, description, len(loader), enabled=writer) as bar:
         for step, batch in enumerate(loader):
-            batch = _to_device(batch, device, settings.channels_last)
-            with _autocast(device, settings):
+            batch = batch_to_device(batch, device, channels_last)
+            with autocast_context(device, settings):
                 outputs = net(batch["image"], batch.get("centermap"))
             loss = task.loss(outputs, batch)
             optimizer.zero_grad(set_to_none=True)

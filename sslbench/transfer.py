@@ -21,7 +21,7 @@ import torch
 from rich.table import Table
 
 from sslbench.errors import CheckpointError, ConfigError
-from sslbench.interfaces import Backbone, LayerGroup, TransferPolicy
+from sslbench.interfaces import Backbone, TransferPolicy
 
 FROZEN_SUFFIXES = ("frozen", "freeze")
 FINETUNE_SUFFIXES = ("finetune", "finetuned", "fine-tune", "fine-tuned")
@@ -170,7 +170,9 @@ def transfer(
     known = {group.name: group for group in groups}
     for group in selected:
         if known.get(group.name) != group:
-            raise ConfigError(f"policy {policy.name} selected {group.name!r}, which is not a layer group of the backbone")
+            raise ConfigError(
+                f"policy {policy.name} selected {group.name!r}, which is not a layer group of the backbone"
+            )
     selected_names = {group.name for group in selected}
     adapters = list(target.adapters())
 

@@ -10,9 +10,8 @@ import safetensors
 import torch
 from torch import nn
 
-import sslbench.checkpoint as ckpt_module
+from sslbench import atomic
 from sslbench.checkpoint import (
-    atomic_path,
     build_model,
     checkpoint_paths,
     load_checkpoint,
@@ -169,22 +168,11 @@ def test_interrupted_save_never_yields_mismatched_weights(tmp_path, monkeypatch)
     def crash(path, text):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ckpt_module, "atomic_write_text", crash)
+    monkeypatch.setattr(atomic, "write_text", crash)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path / "last", TinyNet(width=4))
     with pytest.raises(CheckpointError, match="corrupt"):
         load_checkpoint(tmp_path / "last")
-
-
-def test_failed_atomic_write_keeps_the_old_file_and_leaves_no_temp_files(tmp_path):
-    target = tmp_path / "file.txt"
-    target.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("disk full")
-    assert target.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
 
 
 def test_unserialisable_metadata_writes_nothing(tmp_path):

@@ -169,9 +169,10 @@ def test_pose_tile_draws_left_limbs_blue_and_right_limbs_red_after_a_flip(lsp_ro
 
 def test_preview_unlabelled_data_shows_centre_crops_and_pose_is_refused(lspet_root, tmp_path):
     out = tmp_path / "crops.png"
-    result = run("data", "preview", "--data", "lspet", "--root", lspet_root, "--out", out, "--count", 3, "--input-size", 32)
+    args = ["data", "preview", "--data", "lspet", "--root", lspet_root, "--out", out]
+    result = run(*args, "--count", 3, "--input-size", 24)
     assert result.exit_code == 0 and out.exists(), result.output
-    result = run("data", "preview", "--data", "lspet", "--root", lspet_root, "--task", "pose", "--out", out)
+    result = run(*args, "--task", "pose")
     assert_one_line_error(result, "--task pose needs joint labels")
 
 

@@ -103,6 +103,15 @@ def tiny_data(**options: Any) -> Any:
     return _plugin_classes()[1](**options)
 
 
+class FakePretext:
+    """Takes the options of the real rotation pretext (and rejects others, like a real plugin)."""
+
+    def __init__(self, augment: bool = True) -> None:
+        if not isinstance(augment, bool):
+            raise ConfigError(f"pretext rotation: option augment must be true or false, got {augment!r}")
+        self.augment = augment
+
+
 class Plugin:
     @hookimpl
     def sslbench_backbones(self):
@@ -110,7 +119,7 @@ class Plugin:
 
     @hookimpl
     def sslbench_pretexts(self):
-        return [Entry("jigsaw-heatmap", "test", object), Entry("rotation", "test", object)]
+        return [Entry("jigsaw-heatmap", "test", FakePretext), Entry("rotation", "test", FakePretext)]
 
     @hookimpl
     def sslbench_policies(self):
@@ -118,7 +127,7 @@ class Plugin:
 
     @hookimpl
     def sslbench_datasets(self):
-        return [Entry("synthetic", "test", tiny_data)]
+        return [Entry("synthetic", "test", tiny_data), Entry("synthetic-unlabelled", "test", tiny_data)]
 
 
 @pytest.fixture
@@ -185,7 +194,7 @@ seeds = [0, 1]
 downstream.epochs = 3
 
 [pretext_options.rotation]
-angles = 4
+augment = false
 """
 
 
@@ -224,6 +233,15 @@ def test_unknown_plugin_in_spec_list_names_its_line_and_suggests(tmp_path: Path,
 def test_unknown_plugin_from_command_line_names_the_option(registry: Registry) -> None:
     spec = SweepSpec(policies=["none", "frist"], pretexts=["none", "rotation"], from_cli={"policies": "--policies"})
     with pytest.raises(ConfigError, match=r"--policies: unknown policy 'frist'\. Did you mean 'first'"):
+        expand(spec, registry)
+
+
+def test_bad_pretext_options_are_reported_before_any_training(tmp_path: Path, registry: Registry) -> None:
+    spec = load_spec(write_spec(tmp_path, SPEC.replace("augment = false", "augmnt = false")))
+    with pytest.raises(ConfigError, match=r"bench\.toml:12: pretext_options\.rotation: pretext 'rotation' does not accept"):
+        expand(spec, registry)
+    spec = load_spec(write_spec(tmp_path, SPEC.replace("augment = false", "augment = 3")))
+    with pytest.raises(ConfigError, match=r"bench\.toml:12: pretext_options\.rotation: pretext rotation: option augment"):
         expand(spec, registry)
 
 
@@ -269,7 +287,21 @@ def test_cells_carry_overrides_modes_and_per_pretext_options(tmp_path: Path, reg
         assert cell.config.downstream.epochs == 3
         assert cell.config.profile == "smoke"
         assert cell.config.freeze == cell.config.strategy.endswith(":frozen")
-        assert cell.config.pretext_options == ({"angles": 4} if cell.config.pretext == "rotation" else {})
+        assert cell.config.pretext_options == ({"augment": False} if cell.config.pretext == "rotation" else {})
+
+
+def test_supervised_cells_do_not_depend_on_pretext_settings(tmp_path: Path, registry: Registry) -> None:
+    plain = plan_of(tmp_path, registry)
+    other = plan_of(tmp_path, registry, SPEC.replace("[set]", '[set]\npretext_images = 8\npretrain.epochs = 4'))
+    supervised = {c.cell_id for c in plain.cells if c.config.pretext == "none"}
+    assert supervised == {c.cell_id for c in other.cells if c.config.pretext == "none"}
+    assert not ({c.cell_id for c in plain.cells} - supervised) & {c.cell_id for c in other.cells}
+    assert all(c.config.pretrain.epochs == 4 for c in other.cells if c.config.pretext != "none")
+
+
+def test_sweep_name_must_be_a_plain_directory_name(registry: Registry) -> None:
+    with pytest.raises(ConfigError, match="not a usable directory name"):
+        expand(SweepSpec(name="../elsewhere"), registry)
 
 
 def test_cell_ids_are_config_hashes_and_stable(tmp_path: Path, registry: Registry) -> None:

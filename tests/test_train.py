@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -9,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 from torch import nn
 
 import sslbench.train as train_module
-from sslbench.checkpoint import load_checkpoint
+from sslbench.checkpoint import load_checkpoint, save_checkpoint
 from sslbench.config import TrainSettings
 from sslbench.data import TaskDataset, make_loader
 from sslbench.errors import CheckpointError, ConfigError
@@ -20,9 +22,29 @@ from sslbench.interfaces import Backbone, Geometry, ImageDataset, LayerGroup, Me
 from sslbench.joints import NUM_JOINTS
 from sslbench.pipeline import to_tensor
 from sslbench.pose import PoseTask
-from sslbench.train import FitResult, converge_epoch, evaluate, fit, lr_factor, read_jsonl, resolve_device
+from sslbench.train import (
+    FitResult,
+    converge_epoch,
+    cpu_has_native_bf16,
+    evaluate,
+    fit,
+    lr_factor,
+    read_jsonl,
+    resolve_device,
+    use_bf16,
+    use_channels_last,
+)
 
 GEOMETRY = Geometry(input_size=32, stride=8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids spin-waiting on the shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 class TinyNet(Backbone):
@@ -260,6 +282,23 @@ def test_finished_run_resumes_as_done_without_training(tmp_path, monkeypatch):
         assert torch.equal(again_model.state_dict()[key].cpu(), value.cpu())
 
 
+def test_kill_between_last_and_best_writes_is_repaired_on_resume(tmp_path):
+    """``last`` is written before ``best``: a best epoch only ``last`` knows is restored from it."""
+    task = RegressionTask(scores=[1.0, 2.0])
+    train_set, val_set = datasets(task)
+    fit(TinyNet(num_outputs=2), task, train_set, val_set, settings(epochs=2), tmp_path, seed=0)
+    last = load_checkpoint(tmp_path / "last")
+    stale = load_checkpoint(tmp_path / "best")
+    save_checkpoint(tmp_path / "best", TinyNet(num_outputs=2), {**stale.meta, "epoch": 1})  # as if epoch 2's write died
+    model = TinyNet(num_outputs=2)
+    result = fit(model, task, train_set, val_set, settings(epochs=2), tmp_path, seed=0)
+    assert result.best_epoch == 2
+    repaired = load_checkpoint(tmp_path / "best")
+    assert repaired.meta["epoch"] == 2
+    for key, value in last.state.items():
+        assert torch.equal(repaired.state[key], value) and torch.equal(model.state_dict()[key], value)
+
+
 def test_resuming_a_run_with_other_settings_is_refused(tmp_path):
     task = RegressionTask()
     train_set, val_set = datasets(task)
@@ -368,6 +407,29 @@ def test_learning_rate_in_metrics_follows_the_schedule(tmp_path):
     fit(TinyNet(num_outputs=2), task, train_set, val_set, settings(epochs=3, schedule="step", lr=0.1), tmp_path, seed=0)
     lrs = [line["lr"] for line in read_jsonl(tmp_path / "metrics.jsonl")]
     assert lrs == pytest.approx([0.1, 0.1, 0.01])
+
+
+def test_auto_precision_and_memory_format_follow_the_hardware():
+    cpu = torch.device("cpu")
+    assert use_bf16(settings(precision="auto"), cpu) == cpu_has_native_bf16()
+    assert use_bf16(settings(precision="bf16"), cpu) and not use_bf16(settings(precision="fp32"), cpu)
+    assert not use_channels_last(settings(channels_last=None), cpu)
+    assert use_channels_last(settings(channels_last=None), torch.device("cuda"))
+    assert use_channels_last(settings(channels_last=True), cpu)
+
+
+def test_progress_and_epoch_lines_go_to_the_console(tmp_path):
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=120)
+    task = RegressionTask()
+    train_set, val_set = datasets(task)
+    fit(TinyNet(num_outputs=2), task, train_set, val_set, settings(epochs=1), tmp_path, seed=0, label="demo", console=console)
+    text = buffer.getvalue()
+    assert "demo epoch 1/1" in text and "val score" in text and "img/s" in text
+    quiet = io.StringIO()
+    fit(TinyNet(num_outputs=2), task, train_set, val_set, settings(epochs=1), tmp_path / "q", seed=0,
+        console=Console(file=quiet, force_terminal=False))  # fmt: skip
+    assert "epoch 1/1" in quiet.getvalue() and "\x1b[?25l" not in quiet.getvalue()  # no live bar
 
 
 def test_resolve_device():

@@ -1,0 +1,261 @@
+"""Report: CI and paired-test math, row labelling, formats, plots and the CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from scipy import stats
+
+from sslbench.config import RunConfig, config_hash
+from sslbench.errors import ConfigError
+from sslbench.joints import JOINT_NAMES, PARTS
+from sslbench.report import build_report, mean_ci, paired_difference, render, resolve_cells, views, write_plots
+from sslbench.results import load_results, write_record
+
+
+def make_record(tmp_path: Path, strategy: str, seed: int, pck: float, train_size: int = 100, backbone: str = "cpm6",
+                status: str = "done", curves: bool = True) -> dict[str, Any]:  # fmt: skip
+    """A record for *strategy* (``supervised`` or ``pretext/policy[:frozen]``) with a curves file."""
+    pretext, policy, freeze = "none", "none", False
+    if strategy != "supervised":
+        pretext, rest = strategy.split("/")
+        policy, _, mode = rest.partition(":")
+        freeze = mode == "frozen"
+    config = RunConfig(seed=seed, pretext=pretext, policy=policy, freeze=freeze, train_size=train_size, backbone=backbone)
+    cid = config_hash(config.to_dict())
+    curves_path = tmp_path / "runs" / cid / "metrics.jsonl"
+    if curves:
+        curves_path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps({"epoch": e, "train": {"loss": 1 / e}, "val": {"loss": 1.2 / e, "pck@0.2": pck * e / 3}, "lr": 0.001})
+                 for e in (1, 2, 3)]  # fmt: skip
+        curves_path.write_text("\n".join(lines) + '\n{"epoch": 4, "train": {"lo')  # the last line cut by a kill
+    return {
+        "schema": 1, "cell_id": cid, "status": status, "error": None if status == "done" else "RuntimeError: nan",
+        "strategy": config.strategy, "config": config.to_dict(), "seed": seed, "train_size": train_size,
+        "metrics": {} if status != "done" else {
+            "pck@0.2": pck, "pck@0.1": pck / 2, "auc@0.2": pck / 3,
+            "per_joint": dict.fromkeys(JOINT_NAMES, pck),
+            "per_part": {**{p: pck - i for i, p in enumerate(PARTS)}, "Mean": pck},
+            "test_loss": 1.0, "report_loss": 400.0 - pck, "val_pck@0.2": pck, "best_epoch": 5,
+            "converge_epoch": 10 + seed, "epochs_run": 20,
+        },
+        "pretext_metrics": {}, "timing": {"total_s": 1.0, "downstream_img_per_s": 30.0},
+        "env": {}, "files": {"metrics_jsonl": str(curves_path), "run_dir": str(curves_path.parent)},
+        "created": "2024-01-01T00:00:00+00:00",
+    }  # fmt: skip
+
+
+#: strategy -> train size -> seed -> PCK@0.2
+VALUES = {
+    "supervised": {100: {0: 50.0, 1: 54.0, 2: 49.0}, 200: {0: 60.0, 1: 61.0, 2: 63.0}},
+    "jigsaw-heatmap/first+middle:frozen": {100: {0: 55.0, 1: 57.0, 2: 52.0, 3: 90.0}, 200: {0: 62.0}},
+    "my-plugin/first": {100: {1: 40.0, 2: 45.0}, 200: {0: 58.0, 1: 60.0, 2: 61.0}},
+}
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    out = tmp_path / "results" / "demo"
+    for strategy, sizes in VALUES.items():
+        for size, seeds in sizes.items():
+            for seed, pck in seeds.items():
+                write_record(out, make_record(tmp_path, strategy, seed, pck, size))
+    write_record(out, make_record(tmp_path, "rotation/all", 0, 0.0, 100, status="failed"))
+    return out
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+def summary_row(report: Any, row: str, size: int) -> pd.Series:
+    s = report.summary
+    return s[(s["row"] == row) & (s["train_size"] == size)].iloc[0]
+
+
+# ----------------------------------------------------------------------------------- math
+
+
+def test_mean_ci_is_the_t_interval() -> None:
+    values = [50.0, 54.0, 49.0]
+    mean, low, high = mean_ci(values)
+    sd = math.sqrt(((50 - 51) ** 2 + (54 - 51) ** 2 + (49 - 51) ** 2) / 2)  # = sqrt(7)
+    half = 4.302652729911275 * sd / math.sqrt(3)  # t(0.975, df=2)
+    assert mean == pytest.approx(51.0)
+    assert (low, high) == pytest.approx((51.0 - half, 51.0 + half))
+    assert mean_ci([3.0])[0] == 3.0 and math.isnan(mean_ci([3.0])[1])
+
+
+def test_paired_difference_matches_hand_computation_and_scipy() -> None:
+    x, b = [55.0, 57.0, 52.0], [50.0, 54.0, 49.0]
+    result = paired_difference(x, b)
+    d = np.array([5.0, 3.0, 3.0])
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(3))
+    assert result.n == 3 and result.diff == pytest.approx(11 / 3)
+    assert result.p == pytest.approx(2 * stats.t.sf(abs(t), df=2))
+    assert result.p == pytest.approx(stats.ttest_rel(x, b).pvalue)
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+    assert (result.low, result.high) == pytest.approx((11 / 3 - half, 11 / 3 + half))
+    single = paired_difference([5.0], [3.0])
+    assert single.n == 1 and single.diff == 2.0 and math.isnan(single.p) and math.isnan(single.low)
+
+
+def test_summary_pairs_by_seed_and_ignores_unpaired_seeds(results: Path) -> None:
+    report = build_report(load_results(results, warn=quiet))
+    jig = summary_row(report, "jigsaw-heatmap/first+middle:frozen", 100)
+    assert jig["n"] == 4 and jig["mean"] == pytest.approx(np.mean([55, 57, 52, 90]))
+    assert jig["n_pairs"] == 3  # seed 3 has no supervised partner
+    assert jig["diff"] == pytest.approx(11 / 3)
+    assert jig["p"] == pytest.approx(stats.ttest_rel([55, 57, 52], [50, 54, 49]).pvalue)
+    plugin = summary_row(report, "my-plugin/first", 100)
+    assert plugin["n_pairs"] == 2 and plugin["diff"] == pytest.approx(((40 - 54) + (45 - 49)) / 2)
+    lonely = summary_row(report, "jigsaw-heatmap/first+middle:frozen", 200)
+    assert lonely["n_pairs"] == 1 and math.isnan(lonely["p"])
+    base = summary_row(report, "supervised", 200)
+    assert base["mean"] == pytest.approx(184 / 3) and base["part.Head"] == pytest.approx(184 / 3)
+    assert base["converge_epoch"] == pytest.approx(11.0)
+    assert report.rows[0] == "supervised" and len(report.failed) == 1
+
+
+def test_baseline_is_matched_on_other_settings_that_vary(tmp_path: Path) -> None:
+    out = tmp_path / "res"
+    for backbone, offset in (("cpm6", 0.0), ("cpm3", 20.0)):
+        for seed in (0, 1):
+            write_record(out, make_record(tmp_path, "supervised", seed, 50.0 + offset + seed, backbone=backbone))
+            write_record(out, make_record(tmp_path, "rotation/all", seed, 53.0 + offset + 2 * seed, backbone=backbone))
+    report = build_report(load_results(out, warn=quiet))
+    assert report.row_keys == ["config.backbone"]
+    assert set(report.rows) == {
+        "supervised [backbone=cpm3]", "supervised [backbone=cpm6]",
+        "rotation/all [backbone=cpm3]", "rotation/all [backbone=cpm6]",
+    }  # fmt: skip
+    for backbone in ("cpm3", "cpm6"):
+        row = summary_row(report, f"rotation/all [backbone={backbone}]", 100)
+        assert row["diff"] == pytest.approx(3.5) and row["n_pairs"] == 2  # never compared across backbones
+
+
+def test_unknown_metric_is_a_config_error_with_suggestion(results: Path) -> None:
+    with pytest.raises(ConfigError, match=r"--metric: no numeric column 'pck@0.3'.*Did you mean 'pck@0.2'"):
+        build_report(load_results(results, warn=quiet), "pck@0.3")
+    report = build_report(load_results(results, warn=quiet), "report_loss")
+    assert summary_row(report, "supervised", 100)["mean"] == pytest.approx(400 - 51.0)
+
+
+# -------------------------------------------------------------------------------- formats
+
+
+def test_views_show_ci_difference_parts_and_report_style(results: Path) -> None:
+    report = build_report(load_results(results, warn=quiet))
+    main, diff, *parts, report_view = views(report)
+    assert main.table.loc["supervised", "100"] == "51.0 ± 6.6 (n=3)"
+    assert main.table.loc["jigsaw-heatmap/first+middle:frozen", "200"] == "62.0 (n=1)"
+    assert diff.table.loc["supervised", "100"] == "baseline"
+    assert diff.table.loc["jigsaw-heatmap/first+middle:frozen", "200"] == "n/a (1 pair)"
+    assert diff.table.loc["jigsaw-heatmap/first+middle:frozen", "100"].startswith("+3.7 ± 2.9, p=0.0")
+    assert [v.title for v in parts] == [
+        "PCK@0.2 per part, 100 training images (mean over seeds)", "PCK@0.2 per part, 200 training images (mean over seeds)",
+    ]  # fmt: skip
+    assert list(parts[0].table.columns) == [*PARTS, "Mean"]
+    assert report_view.table.loc["supervised", "100"] == "349.0 (11)"
+
+
+def test_every_format_renders(results: Path) -> None:
+    report = build_report(load_results(results, warn=quiet))
+    markdown = render(report, "markdown", [str(results)])
+    assert "| strategy | 100 | 200 |" in markdown and "| my-plugin/first |" in markdown
+    assert "## Failed cells" in markdown and "RuntimeError: nan" in markdown
+    table = pd.read_csv(io.StringIO(render(report, "csv")))
+    assert {"row", "train_size", "n", "mean", "ci_low", "ci_high", "diff", "p", "part.Head"} <= set(table.columns)
+    assert len(table) == 6
+    latex = render(report, "latex")
+    assert latex.count(r"\begin{tabular}") >= 4 and r"$\pm$" in latex and r"pck@0.2" in latex
+    assert "jigsaw-heatmap/first+middle:frozen" in latex
+    page = render(report, "html")
+    assert page.startswith("<!DOCTYPE html>") and page.count("<table") >= 5 and "my-plugin/first" in page
+    text = render(report, "terminal")
+    assert "supervised" in text and "failed cells" in text
+    with pytest.raises(ConfigError, match="Did you mean 'html'"):
+        render(report, "htm")
+
+
+def test_plots_are_valid_pngs_with_curves_of_the_best_cells(results: Path, tmp_path: Path) -> None:
+    report = build_report(load_results(results, warn=quiet))
+    messages: list[str] = []
+    written = write_plots(report, tmp_path / "plots", warn=messages.append)
+    names = sorted(p.name for p in written)
+    assert "pck_at_0.2_vs_train_size.png" in names and "parts_100.png" in names and "parts_200.png" in names
+    curves = [n for n in names if n.startswith("curves_")]
+    assert len(curves) == 3  # best cell of each strategy
+    best_jigsaw = report.df[report.df["pck@0.2"] == 90.0]["cell_id"].iloc[0]
+    assert f"curves_{best_jigsaw}.png" in curves
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(path) as image:
+            assert image.size[0] > 100 and image.size[1] > 100
+    assert any("unreadable line (interrupted write?)" in m for m in messages)
+
+
+def test_curves_are_chosen_by_cell_id_prefix(results: Path) -> None:
+    report = build_report(load_results(results, warn=quiet))
+    cell = report.df["cell_id"].iloc[0]
+    assert resolve_cells(report, [cell[:6], cell]) == [cell, cell]
+    with pytest.raises(ConfigError, match="--curves: 'zzzz' is not a finished cell"):
+        resolve_cells(report, ["zzzz"])
+    with pytest.raises(ConfigError, match="--curves: '' is ambiguous"):
+        resolve_cells(report, [""])
+
+
+def test_old_records_without_parts_or_curves_still_report(tmp_path: Path) -> None:
+    out = tmp_path / "res"
+    for seed in (0, 1):
+        rec = make_record(tmp_path, "supervised", seed, 50.0 + seed, curves=False)
+        rec["schema"] = 0
+        del rec["metrics"]["per_part"], rec["metrics"]["report_loss"]
+        write_record(out, rec)
+    warnings: list[str] = []
+    report = build_report(load_results(out, warn=warnings.append))
+    missing = next(w for w in warnings if w.startswith("no record has column(s)"))
+    assert "report_loss" in missing and "part.Head" in missing
+    assert "| supervised | 50.5 ± 6.4 (n=2) |" in render(report, "markdown")
+    written = write_plots(report, tmp_path / "plots", warn=warnings.append)
+    assert [p.name for p in written] == ["pck_at_0.2_vs_train_size.png"]
+    assert any("no per-epoch metrics file" in w for w in warnings)
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def cli_group() -> Any:
+    from sslbench.cli import main
+
+    return main
+
+
+def test_cli_report_writes_file_and_plots(results: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "report.md"
+    result = runner.invoke(cli_group(), ["report", str(results), "--format", "markdown", "--out", str(out),
+                                         "--plots", str(tmp_path / "p"), "--metric", "pck@0.1"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert out.read_text().startswith("# sslbench report: pck@0.1")
+    assert (tmp_path / "p" / "pck_at_0.1_vs_train_size.png").exists()
+    result = runner.invoke(cli_group(), ["report", str(results.parent)])  # a folder of sweeps
+    assert result.exit_code == 0 and "my-plugin/first" in result.output
+
+
+def test_cli_report_on_empty_directory_is_one_line_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "cells").mkdir(parents=True)
+    result = CliRunner().invoke(cli_group(), ["report", str(tmp_path / "empty")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: {tmp_path / 'empty'}: no readable result records in cells/; run `sslbench sweep` first"
+    ]
