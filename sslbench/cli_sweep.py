@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 from rich.console import Console
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 REPORT_FORMATS = ("terminal", "markdown", "csv", "latex", "html")
 
 
-def _warner(console: Console):
+def _warner(console: Console) -> Callable[[str], None]:
+    """Print warnings as one yellow line each on *console*."""
     return lambda message: console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 

@@ -281,6 +281,11 @@ def test_nonsense_pairs_are_pruned_and_listed(tmp_path: Path, registry: Registry
     assert len(plan.cells) == 5 * 2 * 2  # strategies x train sizes x seeds
 
 
+def test_sweep_where_everything_is_pruned_is_an_error(registry: Registry) -> None:
+    with pytest.raises(ConfigError, match="no cells, every pretext x policy pair was pruned .*pretext none x policy first"):
+        expand(SweepSpec(pretexts=["none"], policies=["first"]), registry)
+
+
 def test_cells_carry_overrides_modes_and_per_pretext_options(tmp_path: Path, registry: Registry) -> None:
     plan = plan_of(tmp_path, registry)
     for cell in plan.cells:

@@ -1,0 +1,117 @@
+"""`sslbench run` end to end at smoke size on the synthetic dataset: records, cache, resume, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sslbench.checkpoint import load_checkpoint
+from sslbench.cli import main
+from sslbench.config import profile_config, set_path
+from sslbench.runner import cell_id, run_cell
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "--profile", "smoke", "--train-size", "6", "--input-size", "32",
+    "--set", "data_options.size=24", "--set", "pretext_data_options.size=24",
+    "--set", "downstream.epochs=1",
+]  # fmt: skip
+
+
+def tiny_config(**fields):
+    config = profile_config("smoke")
+    for path, value in {
+        "train_size": 6,
+        "backbone_options.input_size": 32,
+        "data_options.size": 24,
+        "pretext_data_options.size": 24,
+        "downstream.epochs": 1,
+        **fields,
+    }.items():
+        config = set_path(config, path.split("."), value)
+    return config
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_supervised_run_writes_a_complete_record(tmp_path: Path):
+    result = run_cli("run", *TINY, "--workdir", str(tmp_path / "runs"), "--results", str(tmp_path / "res"))
+    assert result.exit_code == 0, result.output
+    assert "PCK@0.2" in result.output
+    (record_path,) = (tmp_path / "res" / "cells").glob("*.json")
+    record = json.loads(record_path.read_text())
+    assert record["status"] == "done" and record["strategy"] == "supervised"
+    assert record["train_size"] == 6
+    assert 0.0 <= record["metrics"]["pck@0.2"] <= 100.0
+    assert set(record["metrics"]["per_part"]) >= {"Head", "Ankle", "Mean"}
+    assert len(record["metrics"]["per_joint"]) == 14
+    assert record["timing"]["pretrain_s"] == 0.0
+    assert record["env"]["torch"] == torch.__version__
+    # the stored config reproduces the cell id
+    assert record["cell_id"] == cell_id(type(profile_config("smoke")).from_dict(record["config"]))
+
+
+def test_pretraining_is_cached_and_reused_across_policies(tmp_path: Path):
+    first = run_cell(tiny_config(pretext="rotation", policy="first"), tmp_path)
+    second = run_cell(tiny_config(pretext="rotation", policy="first+middle", freeze=True), tmp_path)
+    assert not first["timing"]["pretrain_cached"]
+    assert second["timing"]["pretrain_cached"]
+    assert second["pretext_metrics"] == first["pretext_metrics"]
+    assert "rot_acc" in first["pretext_metrics"]
+    assert len(list((tmp_path / "pretext").iterdir())) == 1
+
+
+def test_frozen_transfer_keeps_pretrained_weights(tmp_path: Path):
+    config = tiny_config(pretext="rotation", policy="first+middle", freeze=True)
+    record = run_cell(config, tmp_path)
+    (cache,) = (tmp_path / "pretext").iterdir()
+    pretrained = load_checkpoint(cache / "pretrained").state
+    best = load_checkpoint(Path(record["files"]["run_dir"]) / "downstream" / "best").state
+    moved = [k for k in best if k.startswith(("stage1.features", "middle")) and not torch.equal(best[k], pretrained[k])]
+    assert moved == []
+    assert not torch.equal(best["stage2.refine.1.weight"], pretrained["stage2.refine.1.weight"])
+
+
+def test_corrupt_pretext_cache_is_detected_and_retrained(tmp_path: Path):
+    run_cell(tiny_config(pretext="rotation", policy="all"), tmp_path)
+    (cache,) = (tmp_path / "pretext").iterdir()
+    weights = cache / "pretrained.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    record = run_cell(tiny_config(pretext="rotation", policy="first"), tmp_path)
+    assert not record["timing"]["pretrain_cached"]
+    load_checkpoint(cache / "pretrained")  # rewritten and valid again
+
+
+def test_finished_cell_is_returned_without_touching_test_again(tmp_path: Path):
+    config = tiny_config()
+    first = run_cell(config, tmp_path)
+    again = run_cell(config, tmp_path)
+    assert again == first
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--pretext", "none", "--policy", "first"], "needs pretrained weights"),
+        (["--pretext", "jigsaw-heatmap", "--policy", "none"], "choose a policy"),
+        (["--pretext", "jigsaw-heatmapp", "--policy", "all"], "Did you mean 'jigsaw-heatmap'"),
+        (["--policy", "first+midle", "--pretext", "rotation"], "Did you mean 'first+middle'"),
+        (["--backbone", "cmp6"], "Did you mean 'cpm6'"),
+        (["--profile", "gpu"], "unknown profile"),
+        (["--input-size", "30"], "input_size"),
+        (["--width", "0"], "width"),
+        (["--train-size", "500"], "larger than the training pool"),
+    ],
+)
+def test_bad_options_are_one_line_errors(tmp_path: Path, args: list[str], message: str):
+    result = CliRunner().invoke(main, ["run", *TINY, *args, "--workdir", str(tmp_path), "--results", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
