@@ -447,8 +447,8 @@ def test_estimate_uses_throughput_of_earlier_records(tmp_path: Path, registry: R
     write_record(tmp_path / "res", record)
     estimator = Estimator(registry, tmp_path / "res", measure=False)
     estimate = estimator.estimate(supervised)
-    # 3 epochs x (16 train + 10 val / 3) images at 20 img/s, plus the 20 test images at 60 img/s
-    assert estimate.downstream_s == pytest.approx(3 * (16 + 10 / 3) / 20 + 20 / 60)
+    # 3 epochs x (16 train + 10 val / 2) images at 20 img/s, plus the 20 test images at 40 img/s
+    assert estimate.downstream_s == pytest.approx(3 * (16 + 10 / 2) / 20 + 20 / 40)
     assert "median of 1 earlier record" in next(iter(estimator.sources.values()))
 
 
