@@ -199,16 +199,16 @@ def pretrain(
 
         write_json(cache_dir / "key.json", key)
         pool = open_dataset(registry, config.pretext_data, config.pretext_root, config.pretext_data_options, "--pretext-data")
-        splits = pool.splits("standard", None, config.seed)
+        splits = pool.splits("standard", None, config.pretraining_seed)
         if config.pretext_images is not None:  # "at most": a smaller pool is used whole
             size = min(config.pretext_images, len(splits.train))
-            splits = replace(splits, train=budget(splits.train, size, config.seed, "--pretext-images"))
-        torch.manual_seed(config.seed)
+            splits = replace(splits, train=budget(splits.train, size, config.pretraining_seed, "--pretext-images"))
+        torch.manual_seed(config.pretraining_seed)
         model = build_backbone(registry, config, pretext.num_outputs)
         geometry = Geometry(model.input_size, model.stride)
-        train_set = TaskDataset(pool, splits.train, pretext, geometry, seed=config.seed, train=True,
+        train_set = TaskDataset(pool, splits.train, pretext, geometry, seed=config.pretraining_seed, train=True,
                                 limit=config.pretrain.samples_per_epoch)  # fmt: skip
-        val_set = TaskDataset(pool, splits.val, pretext, geometry, seed=config.seed, train=False,
+        val_set = TaskDataset(pool, splits.val, pretext, geometry, seed=config.pretraining_seed, train=False,
                               limit=config.pretrain.val_samples)  # fmt: skip
         console.print(
             f"[bold]pretraining {config.pretext}[/] on {config.pretext_data}: "
@@ -217,7 +217,7 @@ def pretrain(
         start = time.perf_counter()
         fitted = fit(
             model, pretext, train_set, val_set, config.pretrain, cache_dir / "run",
-            seed=config.seed, resume=True, label=f"pretext {config.pretext}", console=console,
+            seed=config.pretraining_seed, resume=True, label=f"pretext {config.pretext}", console=console,
             meta={"pretext_key": key},
         )  # fmt: skip
         seconds = time.perf_counter() - start

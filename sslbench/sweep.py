@@ -74,6 +74,7 @@ SPEC_KEYS: dict[str, str] = {
     "protocol": "split protocol of the labelled dataset",
     "pretext_data": "unlabelled dataset plugin",
     "pretext_root": "folder of the unlabelled images",
+    "strategies": "optional list of strategies to keep (e.g. supervised, rotation/first+middle:frozen)",
     "set": "table of settings applied to every cell (downstream.epochs = 3)",
     "backbone_options": "tables of options per backbone name",
     "pretext_options": "tables of options per pretext name",
@@ -115,6 +116,8 @@ class SweepSpec:
     protocol: str | None = None
     pretext_data: str | None = None
     pretext_root: str | None = None
+    #: when given, only cells whose strategy label is listed (a subset of the product)
+    strategies: list[str] | None = None
     overrides: list[Override] = field(default_factory=list)
     backbone_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     pretext_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -233,7 +236,7 @@ def load_spec(path: Path | str) -> SweepSpec:
             if not isinstance(data[key], str):
                 raise ConfigError(f"{spec.where(key)}: expected a string, got {data[key]!r}")
             setattr(spec, key, data[key])
-    for key in ("backbones", "pretexts", "policies"):
+    for key in ("backbones", "pretexts", "policies", "strategies"):
         if key in data:
             setattr(spec, key, _names(spec, key, data[key]))
     if "train_sizes" in data:
@@ -409,6 +412,10 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
         if reason:
             pruned.setdefault(f"pretext {pretext} x policy {text}", reason)
             continue
+        strategy = RunConfig(pretext=pretext, policy=policy, freeze=freeze).strategy
+        if spec.strategies is not None and strategy not in spec.strategies:
+            pruned.setdefault(f"pretext {pretext} x policy {text}", "not in the spec's strategies")
+            continue
         fields = base.to_dict()
         fields.update(backbone=backbone, pretext=pretext, policy=policy, freeze=freeze, train_size=size, seed=seed)
         fields.update(data=data, pretext_data=pretext_data)
@@ -418,7 +425,8 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
         fields["backbone_options"] = {**base.backbone_options, **spec.backbone_options.get(backbone, {})}
         fields["pretext_options"] = {**base.pretext_options, **spec.pretext_options.get(pretext, {})}
         if pretext == "none":
-            for key in ("pretext_options", "pretext_data", "pretext_root", "pretext_images", "pretrain"):
+            for key in ("pretext_options", "pretext_data", "pretext_root", "pretext_images", "pretrain",
+                        "pretrain_seed", "pretext_data_options"):  # fmt: skip
                 fields[key] = profile.to_dict()[key]
         config = RunConfig.from_dict(fields)
         try:
@@ -427,6 +435,11 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
             raise ConfigError(f"sweep {spec.name}, cell {config.strategy}: {exc}") from None
         cell = Cell.of(config)
         cells.setdefault(cell.cell_id, cell)
+    kept = {cell.config.strategy for cell in cells.values()}
+    for strategy in spec.strategies or []:
+        if strategy not in kept:
+            raise ConfigError(f"{spec.where('strategies', value=strategy)}: strategy {strategy!r} matches no cell "
+                              f"of the product.{_hint(strategy, kept)}")  # fmt: skip
     if not cells:
         reasons = "; ".join(f"{combination}: {reason}" for combination, reason in pruned.items())
         raise ConfigError(f"sweep {spec.name} has no cells, every pretext x policy pair was pruned ({reasons})")

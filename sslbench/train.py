@@ -149,8 +149,8 @@ def use_bf16(settings: TrainSettings, device: torch.device) -> bool:
 
 
 def use_channels_last(settings: TrainSettings, device: torch.device) -> bool:
-    """``channels_last``: as given, or (None) on CUDA only."""
-    return device.type == "cuda" if settings.channels_last is None else bool(settings.channels_last)
+    """``channels_last`` as configured (kept a function so callers need not know the setting's name)."""
+    return bool(settings.channels_last)
 
 
 def autocast_context(device: torch.device, settings: TrainSettings) -> contextlib.AbstractContextManager:
