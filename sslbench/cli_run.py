@@ -60,7 +60,7 @@ def config_options(function):
         click.option("--protocol", help="Split protocol of the labelled dataset (default standard)."),
         click.option("--train-size", type=int, help="Number of labelled training images (seeded subset)."),
         click.option("--seed", type=int, help="Seed of subsets, initialisation and augmentation."),
-        click.option("--pretext-data", help="Unlabelled dataset plugin for pretraining (default synthetic)."),
+        click.option("--pretext-data", help="Unlabelled dataset plugin for pretraining (default synthetic-unlabelled)."),
         click.option("--pretext-root", help="Folder of the unlabelled images."),
         click.option("--pretext-images", type=int, help="Use at most this many unlabelled images."),
         click.option("--pretext-opt", multiple=True, metavar="KEY=VALUE", help="Pretext option (repeatable)."),

@@ -502,6 +502,9 @@ def plot_curves(record: pd.Series, path: Path, warn: Callable[[str], None]) -> P
     Per-stage, per-joint and per-part breakdowns and bookkeeping (lr, timing) are left out.
     """
     source = record.get("files.metrics_jsonl")
+    copy, origin = record.get("files.curves"), record.get("source")
+    if isinstance(copy, str) and isinstance(origin, str) and (Path(origin).parent.parent / copy).is_file():
+        source = str(Path(origin).parent.parent / copy)  # the copy kept in the results directory
     if not isinstance(source, str) or not Path(source).is_file():
         warn(f"cell {record['cell_id']}: no per-epoch metrics file ({source}); no curves")
         return None

@@ -3,6 +3,7 @@
 Layout of a results directory (default ``./results/<sweep name>/``)::
 
     cells/<cell_id>.json   one record per cell (the source of truth), written atomically
+    curves/<cell_id>.jsonl per-epoch training and validation metrics of the cell (JSON lines)
     results.csv            the flat table below, regenerated after every finished cell
     logs/<cell_id>.log     output of cells run in worker processes, and tracebacks of failures
     locks/                 claim locks: a cell is run by one process at a time
@@ -60,6 +61,7 @@ column                          meaning
                                 ``env.platform``, ``env.device``, ``env.cpu``, ``env.threads``,
                                 ``env.gpu``, ``env.commit`` (``+dirty`` marks local changes)
 ``files.*``                     ``files.run_dir``, ``files.metrics_jsonl`` (per-epoch curves, JSON lines),
+                                ``files.curves`` (a copy of them inside the results directory),
                                 ``files.best_checkpoint``; failed cells: ``files.log`` (the traceback)
 ``config.<field>``              every field of the run config, nested ones dotted
                                 (``config.downstream.lr``, ``config.backbone_options.width``)
@@ -85,7 +87,7 @@ from typing import Any, Callable, Iterable, Iterator
 import filelock
 import pandas as pd
 
-from sslbench.atomic import write_text
+from sslbench.atomic import write_bytes, write_text
 from sslbench.errors import DataError
 from sslbench.joints import JOINT_NAMES, PARTS
 
@@ -133,6 +135,11 @@ def write_record(results_dir: Path | str, record: dict[str, Any]) -> Path:
     cell_id = record.get("cell_id")
     if not isinstance(cell_id, str) or not cell_id or "/" in cell_id or cell_id.startswith("."):
         raise DataError(f"result record has no valid cell_id: {cell_id!r}")
+    curves = (record.get("files") or {}).get("metrics_jsonl")
+    if curves and Path(curves).is_file():  # keep the per-epoch curves with the results (run dirs are not shared)
+        copy = Path("curves") / f"{cell_id}.jsonl"
+        write_bytes(Path(results_dir) / copy, Path(curves).read_bytes())
+        record = {**record, "files": {**record["files"], "curves": str(copy)}}
     path = Path(results_dir) / "cells" / f"{cell_id}.json"
     write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     return path

@@ -436,7 +436,8 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
         cell = Cell.of(config)
         cells.setdefault(cell.cell_id, cell)
     kept = {cell.config.strategy for cell in cells.values()}
-    for strategy in spec.strategies or []:
+    narrowed = any(axis in spec.from_cli for axis in ("pretexts", "policies"))  # a subset run from the CLI
+    for strategy in [] if narrowed else spec.strategies or []:
         if strategy not in kept:
             raise ConfigError(f"{spec.where('strategies', value=strategy)}: strategy {strategy!r} matches no cell "
                               f"of the product.{_hint(strategy, kept)}")  # fmt: skip

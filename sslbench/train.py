@@ -319,6 +319,40 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def train_step(
+    net: nn.Module,
+    task: Task,
+    batch: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    settings: TrainSettings,
+    channels_last: bool,
+) -> tuple[torch.Tensor, int]:
+    """One optimiser step on *batch*: to the device, forward under autocast, task loss, backward, step.
+
+    The step :func:`fit` takes (and :mod:`sslbench.bench` times). Returns the detached
+    loss and the number of images; the learning-rate schedule is the caller's.
+    """
+    batch = batch_to_device(batch, device, channels_last)
+    with autocast_context(device, settings):
+        outputs = net(batch["image"], batch.get("centermap"))
+    loss = task.loss(outputs, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), int(batch["image"].shape[0])
+
+
+def eval_step(
+    net: nn.Module, metric: Any, batch: dict[str, Any], device: torch.device, settings: TrainSettings, channels_last: bool
+) -> None:
+    """Forward *batch* under autocast (call in inference mode) and add float32 outputs to *metric*."""
+    batch = batch_to_device(batch, device, channels_last)
+    with autocast_context(device, settings):
+        outputs = net(batch["image"], batch.get("centermap"))
+    metric.update([o.float() for o in outputs], batch)
+
+
 def evaluate(model: nn.Module, task: Task, dataset: TaskDataset, settings: TrainSettings) -> dict[str, float]:
     """The task metric of *model* on *dataset* (eval mode, no gradients, no shuffling).
 
@@ -336,10 +370,7 @@ def evaluate(model: nn.Module, task: Task, dataset: TaskDataset, settings: Train
     try:
         with torch.inference_mode():
             for batch in loader:
-                batch = batch_to_device(batch, device, channels_last)
-                with autocast_context(device, settings):
-                    outputs = net(batch["image"], batch.get("centermap"))
-                metric.update([o.float() for o in outputs], batch)
+                eval_step(net, metric, batch, device, settings, channels_last)
     finally:
         net.train(was_training)
     return metric.compute()
@@ -735,16 +766,9 @@ def _train_epoch(
     last_refresh = 0.0
     with _Bar(console, description, len(loader), enabled=writer) as bar:
         for step, batch in enumerate(loader):
-            batch = batch_to_device(batch, device, channels_last)
-            with autocast_context(device, settings):
-                outputs = net(batch["image"], batch.get("centermap"))
-            loss = task.loss(outputs, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, n = train_step(net, task, batch, optimizer, device, settings, channels_last)
             scheduler.step()
-            n = batch["image"].shape[0]
-            loss_sum += loss.detach().double() * n
+            loss_sum += loss.double() * n
             count += n
             now = time.perf_counter()
             if bar.active and (now - last_refresh > 0.5 or step == len(loader) - 1):
