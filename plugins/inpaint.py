@@ -31,13 +31,13 @@ from sslbench.hookspecs import hookimpl
 from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey
 from sslbench.pipeline import STD, to_tensor
 from sslbench.pretexts import (
-    Averages,
+    PretextMetric,
     base_sample,
     batch_size,
     check_geometry,
     option_bool,
-    option_float,
     option_choice,
+    option_float,
     option_int,
     pretext_factory,
     square_view,
@@ -141,20 +141,16 @@ class Inpaint(Pretext):
         return InpaintMetric(self)
 
 
-class InpaintMetric(Metric):
+class InpaintMetric(PretextMetric):
     """Reconstruction error of the last stage on hidden and visible cells, and the loss."""
 
     def __init__(self, task: Inpaint) -> None:
-        self.task = task
-        self.averages = Averages()
+        super().__init__(task)
         self.pixel_sq_error = 0.0
         self.hidden_values = 0.0
 
-    @torch.no_grad()
-    def update(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> None:
-        n = batch_size(batch)
-        self.averages.add("loss", float(self.task.loss(outputs, batch)) * n, n)
-        error = (outputs[-1].float() - batch["target"]) ** 2
+    def score(self, last: torch.Tensor, batch: dict[str, Any], n: int) -> None:
+        error = (last.float() - batch["target"]) ** 2
         hidden = batch["mask"].expand_as(error)
         self.averages.add("masked_mse", float((error * hidden).sum()), float(hidden.sum()))
         self.averages.add("unmasked_mse", float((error * (1 - hidden)).sum()), float((1 - hidden).sum()))
@@ -163,7 +159,7 @@ class InpaintMetric(Metric):
         self.hidden_values += float(hidden.sum())
 
     def compute(self) -> dict[str, float]:
-        out = self.averages.compute()
+        out = super().compute()
         if self.hidden_values:
             mse = self.pixel_sq_error / self.hidden_values
             out["masked_psnr"] = 10.0 * math.log10(255.0**2 / mse) if mse > 0 else float("inf")

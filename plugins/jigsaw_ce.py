@@ -94,9 +94,8 @@ from sslbench.jigsaw import (
 )
 from sslbench.pipeline import to_tensor
 from sslbench.pretexts import (
-    Averages,
+    PretextMetric,
     base_sample,
-    batch_size,
     check_geometry,
     option_bool,
     option_choice,
@@ -214,23 +213,13 @@ class JigsawCE(Pretext):
         return CEJigsawMetric(self)
 
 
-class CEJigsawMetric(Metric):
+class CEJigsawMetric(PretextMetric):
     """Tile and puzzle accuracy (percent) of the last stage, and the loss."""
 
-    def __init__(self, task: JigsawCE) -> None:
-        self.task = task
-        self.averages = Averages()
-
-    @torch.no_grad()
-    def update(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> None:
-        n = batch_size(batch)
-        self.averages.add("loss", float(self.task.loss(outputs, batch)) * n, n)
-        tiles, puzzles = puzzle_hits(self.task.predicted_origins(outputs[-1]), batch["perm"])
+    def score(self, last: torch.Tensor, batch: dict[str, Any], n: int) -> None:
+        tiles, puzzles = puzzle_hits(self.task.predicted_origins(last), batch["perm"])
         self.averages.add("tile_acc", 100.0 * tiles, n * NUM_TILES)
         self.averages.add("puzzle_acc", 100.0 * puzzles, n)
-
-    def compute(self) -> dict[str, float]:
-        return self.averages.compute()
 
 
 @hookimpl

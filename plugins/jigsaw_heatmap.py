@@ -49,9 +49,8 @@ from sslbench.jigsaw import (
 )
 from sslbench.pipeline import to_tensor
 from sslbench.pretexts import (
-    Averages,
+    PretextMetric,
     base_sample,
-    batch_size,
     check_geometry,
     option_bool,
     option_choice,
@@ -145,24 +144,14 @@ class JigsawHeatmap(Pretext):
         return HeatmapJigsawMetric(self)
 
 
-class HeatmapJigsawMetric(Metric):
+class HeatmapJigsawMetric(PretextMetric):
     """Tile and whole-puzzle accuracy of the last stage's peaks (percent), and the loss."""
 
-    def __init__(self, task: JigsawHeatmap) -> None:
-        self.task = task
-        self.averages = Averages()
-
-    @torch.no_grad()
-    def update(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> None:
-        n = batch_size(batch)
-        self.averages.add("loss", float(self.task.loss(outputs, batch)) * n, n)
-        predicted = decode_cells(outputs[-1], batch["cell_centres"][0])
+    def score(self, last: torch.Tensor, batch: dict[str, Any], n: int) -> None:
+        predicted = decode_cells(last, batch["cell_centres"][0])
         tiles, puzzles = puzzle_hits(predicted, batch["perm"])
         self.averages.add("tile_acc", 100.0 * tiles, n * NUM_TILES)
         self.averages.add("puzzle_acc", 100.0 * puzzles, n)
-
-    def compute(self) -> dict[str, float]:
-        return self.averages.compute()
 
 
 @hookimpl

@@ -18,9 +18,8 @@ from sslbench.hookspecs import hookimpl
 from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey
 from sslbench.pipeline import to_tensor
 from sslbench.pretexts import (
-    Averages,
+    PretextMetric,
     base_sample,
-    batch_size,
     check_geometry,
     option_bool,
     pretext_factory,
@@ -71,22 +70,12 @@ class Rotation(Pretext):
         return RotationMetric(self)
 
 
-class RotationMetric(Metric):
+class RotationMetric(PretextMetric):
     """Rotation accuracy (percent) of the last stage, and the loss."""
 
-    def __init__(self, task: Rotation) -> None:
-        self.task = task
-        self.averages = Averages()
-
-    @torch.no_grad()
-    def update(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> None:
-        n = batch_size(batch)
-        self.averages.add("loss", float(self.task.loss(outputs, batch)) * n, n)
-        predicted = self.task.logits(outputs[-1]).argmax(dim=1)
+    def score(self, last: torch.Tensor, batch: dict[str, Any], n: int) -> None:
+        predicted = self.task.logits(last).argmax(dim=1)
         self.averages.add("rot_acc", 100.0 * float((predicted == batch["label"]).sum()), n)
-
-    def compute(self) -> dict[str, float]:
-        return self.averages.compute()
 
 
 @hookimpl

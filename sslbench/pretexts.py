@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sslbench.errors import ConfigError, DataError
-from sslbench.interfaces import Geometry, Pretext
+from sslbench.interfaces import Geometry, Metric, Pretext
 from sslbench.pipeline import centre_map, centre_square, crop_matrix, warp
 
 #: the CPM centre-map sigma at 368 px, scaled with the input size
@@ -183,3 +183,26 @@ class Averages:
 
 def batch_size(batch: dict[str, Any]) -> int:
     return int(batch["image"].shape[0])
+
+
+class PretextMetric(Metric):
+    """The task's loss averaged per image, plus the pretext's own scores of the last stage.
+
+    Subclasses implement :meth:`score`, adding named sums and counts to ``self.averages``.
+    """
+
+    def __init__(self, task: Pretext) -> None:
+        self.task = task
+        self.averages = Averages()
+
+    @torch.no_grad()
+    def update(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> None:
+        n = batch_size(batch)
+        self.averages.add("loss", float(self.task.loss(outputs, batch)) * n, n)
+        self.score(outputs[-1], batch, n)
+
+    def score(self, last: torch.Tensor, batch: dict[str, Any], n: int) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, float]:
+        return self.averages.compute()
