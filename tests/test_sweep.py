@@ -530,3 +530,23 @@ def test_report_formats_match_the_cli_choices() -> None:
     from sslbench.report import FORMATS
 
     assert sslbench.cli_sweep.REPORT_FORMATS == FORMATS
+
+
+def test_strategies_key_keeps_only_the_listed_cells(tmp_path: Path, registry: Registry) -> None:
+    text = SPEC.replace('seeds = [0, 1]', 'seeds = [0, 1]\nstrategies = ["supervised", "rotation/first+middle:frozen"]')
+    plan = plan_of(tmp_path, registry, text)
+    assert {cell.config.strategy for cell in plan.cells} == {"supervised", "rotation/first+middle:frozen"}
+    assert len(plan.cells) == 2 * 2 * 2
+
+
+def test_a_strategy_that_matches_nothing_is_an_error_with_its_line(tmp_path: Path, registry: Registry) -> None:
+    text = SPEC.replace('seeds = [0, 1]', 'seeds = [0, 1]\nstrategies = ["rotation/all"]')
+    with pytest.raises(ConfigError, match=r"bench\.toml:8: strategies: strategy 'rotation/all' matches no cell"):
+        plan_of(tmp_path, registry, text)
+
+
+def test_a_fixed_pretrain_seed_shares_one_pretraining_across_seeds(tmp_path: Path, registry: Registry) -> None:
+    plan = plan_of(tmp_path, registry, SPEC + "\n")
+    per_seed = {cell.pretrain_key for cell in plan.cells if cell.pretrain_key}
+    shared = plan_of(tmp_path, registry, SPEC.replace("[set]\n", "[set]\npretrain_seed = 0\n"))
+    assert len({cell.pretrain_key for cell in shared.cells if cell.pretrain_key}) == len(per_seed) // 2
