@@ -82,12 +82,15 @@ def plugins_command(as_json: bool) -> None:
 
 
 # -- commands defined in their own modules ------------------------------------------------
+from sslbench.cli_bench import bench_command  # noqa: E402
 from sslbench.cli_data import data_group  # noqa: E402
 from sslbench.cli_model import evaluate_command, predict_command  # noqa: E402
 from sslbench.cli_run import run_command  # noqa: E402
 from sslbench.cli_sweep import report_command, sweep_command  # noqa: E402
 
-for _command in (data_group, run_command, evaluate_command, predict_command, sweep_command, report_command):
+for _command in (
+    data_group, run_command, evaluate_command, predict_command, sweep_command, report_command, bench_command
+):
     main.add_command(_command)
 
 

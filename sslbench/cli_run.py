@@ -105,14 +105,23 @@ def config_from_options(options: dict[str, Any]) -> RunConfig:
               help="Results store that `sslbench report` reads.")  # fmt: skip
 @click.option("--fresh", is_flag=True, help="Discard an unfinished run of this cell instead of resuming it.")
 def run_command(workdir: Path, results_dir: Path, fresh: bool, **options: Any) -> None:
-    """Pretrain (or not), transfer, train the pose estimator, evaluate on test once."""
+    """Pretrain (or not), transfer, train the pose estimator, evaluate on test once.
+
+    Under ``torchrun --nproc-per-node N -m sslbench run ...`` the N processes train the
+    cell together (DistributedDataParallel); rank 0 prints and writes the result.
+    """
+    from sslbench import distributed
     from sslbench.results import write_record
     from sslbench.runner import run_cell
     from sslbench.cli_model import print_metrics
 
     console = Console()
     config = config_from_options(options)
-    record = run_cell(config, workdir, resume=not fresh, console=console)
+    with distributed.session((config.pretrain.device, config.downstream.device)):
+        console.quiet = not distributed.is_main()
+        record = run_cell(config, workdir, resume=not fresh, console=console)
+        if not distributed.is_main():
+            return
     write_record(results_dir, record)
     print_metrics(console, record, title=f"{record['strategy']} - test set ({record['train_size']} train images)")
     console.print(f"result stored in {results_dir} (cell {record['cell_id']})")

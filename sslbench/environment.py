@@ -54,5 +54,7 @@ def describe(device: torch.device | str | None = None) -> dict[str, Any]:
         "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "gpu": gpu,
+        #: processes that trained together (torchrun); the effective batch is world_size x batch_size
+        "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
         "commit": commit(),
     }

@@ -12,6 +12,7 @@ holds the full config, so every result row can be re-run from it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import shutil
 import time
@@ -23,9 +24,9 @@ import torch
 from filelock import FileLock
 from rich.console import Console
 
-from sslbench import environment
+from sslbench import distributed, environment
 from sslbench.atomic import read_json, write_json
-from sslbench.checkpoint import load_checkpoint, save_checkpoint
+from sslbench.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sslbench.config import RunConfig, config_hash
 from sslbench.data import TaskDataset
 from sslbench.errors import CheckpointError
@@ -61,7 +62,11 @@ def run_cell(
     console: Console | None = None,
     registry: Registry | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume, or return the finished result of) one cell; returns its result record."""
+    """Run (or resume, or return the finished result of) one cell; returns its result record.
+
+    Under torch.distributed (``torchrun``) every rank calls this: all ranks train
+    together, rank 0 alone evaluates on the test set and writes files.
+    """
     console = console or Console(quiet=True)
     registry = registry or default_registry()
     config.validate()
@@ -71,8 +76,10 @@ def run_cell(
     if resume and result_path.exists():
         console.print(f"[green]cell {cid} already finished[/]: {result_path}")
         return read_json(result_path)
-    if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
+    if not resume:
+        if distributed.is_main() and run_dir.exists():
+            shutil.rmtree(run_dir)
+        distributed.barrier()
 
     # Resolve every plugin before any work, so bad names fail in a second.
     registry.get("backbone", config.backbone, "--backbone")
@@ -82,8 +89,9 @@ def run_cell(
     splits = data.splits(config.protocol, config.train_size, config.seed)
     if splits.warning:
         console.print(f"[yellow]warning:[/] {splits.warning}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", {"cell_id": cid, "config": config.to_dict()})
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", {"cell_id": cid, "config": config.to_dict()})
     started = time.perf_counter()
 
     pretrained = pretrain(config, pretext, Path(workdir), registry, console) if pretext.trains else None
@@ -112,7 +120,8 @@ def run_cell(
     downstream_s = time.perf_counter() - downstream_start
 
     eval_start = time.perf_counter()
-    test_metrics = evaluate(model, pose, test_set, config.downstream)  # the one look at the test set
+    # the one look at the test set (on rank 0 only under torch.distributed)
+    test_metrics = distributed.on_main(lambda: evaluate(model, pose, test_set, config.downstream))
     eval_s = time.perf_counter() - eval_start
 
     record = {
@@ -143,7 +152,8 @@ def run_cell(
         },
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json(result_path, record)
+    if distributed.is_main():
+        write_json(result_path, record)
     return record
 
 
@@ -172,32 +182,42 @@ def pretrain(
     The cache key hashes everything that determines the weights (backbone, pretext
     and its options, unlabelled data, seed, pretraining settings). A lock keeps two
     processes from training the same pretext at once; a corrupt cached checkpoint
-    is reported, removed and retrained.
+    is reported, removed and retrained. Under torch.distributed rank 0 checks the cache
+    and writes it; all ranks pretrain together, or load the cached weights.
     """
     key = config.pretext_key()
     key_hash = config_hash(key)
     cache_dir = workdir / "pretext" / f"{config.pretext}-{key_hash}"
     cache_dir.mkdir(parents=True, exist_ok=True)
     final = cache_dir / "pretrained"
-    with FileLock(str(cache_dir / ".lock")):
+
+    def cached() -> Checkpoint | None:
         if (cache_dir / "pretrained.json").exists():
             try:
-                checkpoint = load_checkpoint(final)
+                return load_checkpoint(final)
             except CheckpointError as exc:
                 console.print(f"[yellow]cached pretext checkpoint is corrupt ({exc}); retraining[/]")
                 for path in cache_dir.iterdir():
                     if path.name != ".lock":
                         shutil.rmtree(path) if path.is_dir() else path.unlink()
-            else:
-                meta = checkpoint.meta
-                console.print(
-                    f"[green]reusing pretext pretraining[/] {config.pretext} from {cache_dir} "
-                    f"(trained in {meta['seconds']:.0f} s)"
-                )
-                return {"state": checkpoint.state, "metrics": meta["metrics"], "seconds": 0.0,
-                        "cached": True, "images_per_s": meta.get("images_per_s")}  # fmt: skip
+        return None
 
-        write_json(cache_dir / "key.json", key)
+    main = distributed.is_main()
+    with FileLock(str(cache_dir / ".lock")) if main else contextlib.nullcontext():
+        checkpoint = cached() if main else None
+        if distributed.broadcast(checkpoint is not None):
+            if checkpoint is None:  # another rank: rank 0 has checked the cached file
+                checkpoint = load_checkpoint(final)
+            meta = checkpoint.meta
+            console.print(
+                f"[green]reusing pretext pretraining[/] {config.pretext} from {cache_dir} "
+                f"(trained in {meta['seconds']:.0f} s)"
+            )
+            return {"state": checkpoint.state, "metrics": meta["metrics"], "seconds": 0.0,
+                    "cached": True, "images_per_s": meta.get("images_per_s")}  # fmt: skip
+
+        if main:
+            write_json(cache_dir / "key.json", key)
         pool = open_dataset(registry, config.pretext_data, config.pretext_root, config.pretext_data_options, "--pretext-data")
         splits = pool.splits("standard", None, config.pretraining_seed)
         if config.pretext_images is not None:  # "at most": a smaller pool is used whole
@@ -221,10 +241,11 @@ def pretrain(
             meta={"pretext_key": key},
         )  # fmt: skip
         seconds = time.perf_counter() - start
-        held_out = evaluate(model, pretext, val_set, config.pretrain)
+        held_out = distributed.on_main(lambda: evaluate(model, pretext, val_set, config.pretrain))
         meta = {"key": key, "backbone": model.config(), "pretext": pretext.config(), "metrics": held_out,
                 "seconds": seconds, "images_per_s": fitted.images_per_s, "best_epoch": fitted.best_epoch}  # fmt: skip
-        save_checkpoint(final, model.state_dict(), meta)
+        if main:  # every rank holds the same best weights (fit keeps the DDP replicas in step)
+            save_checkpoint(final, model.state_dict(), meta)
         console.print(f"pretext {config.pretext} held-out: " + ", ".join(f"{k} {v:.3g}" for k, v in held_out.items()))
         return {"state": {k: v.detach().clone() for k, v in model.state_dict().items()}, "metrics": held_out,
                 "seconds": seconds, "cached": False, "images_per_s": fitted.images_per_s}  # fmt: skip

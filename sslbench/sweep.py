@@ -521,35 +521,31 @@ class CellEstimate:
 def measure_throughput(config: RunConfig, registry: Registry, budget_s: float = 3.0, max_batch: int = 8) -> float:
     """Training images per second of the config's backbone, timed on random tensors.
 
-    Real optimiser steps (forward, MSE on every stage, backward, SGD) on the device, in
-    the precision and memory format the downstream training would use, for about
-    *budget_s* seconds (at least three steps). A network that needs more than that for
-    one image is timed on single images (a slight underestimate of its batched speed).
+    Real optimiser steps of :func:`sslbench.train.train_step` (the step ``fit`` takes:
+    forward, pose loss on every stage, backward, SGD) on the device, in the precision
+    and memory format the downstream training would use, for about *budget_s* seconds
+    (at least three steps). A network that needs more than that for one image is timed
+    on single images (a slight underestimate of its batched speed).
     """
     import torch
 
-    from sslbench.train import autocast_context, prepare_model, resolve_device
+    from sslbench.pose import PoseTask
+    from sslbench.train import prepare_model, resolve_device, train_step
 
     settings = config.downstream
     device = resolve_device(settings.device)
     net = registry.create("backbone", config.backbone, "--backbones", num_outputs=NUM_JOINTS + 1, **config.backbone_options)
     channels_last = prepare_model(net, device, settings)
     optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-6)
-    size = int(net.input_size)
+    size, maps = int(net.input_size), int(net.input_size) // int(net.stride)
+    task = PoseTask()
     net.train()
 
     def timed_step(batch: int) -> float:
-        image = torch.randn(batch, 3, size, size, device=device)
-        centermap = torch.rand(batch, 1, size, size, device=device)
-        if channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
+        data = {"image": torch.randn(batch, 3, size, size), "centermap": torch.rand(batch, 1, size, size),
+                "target": torch.rand(batch, NUM_JOINTS + 1, maps, maps)}  # fmt: skip
         start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with autocast_context(device, settings):
-            outputs = net(image, centermap)
-        loss = sum(o.float().pow(2).mean() for o in outputs)
-        loss.backward()
-        optimizer.step()
+        train_step(net, task, data, optimizer, device, settings, channels_last)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - start

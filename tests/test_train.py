@@ -409,13 +409,12 @@ def test_learning_rate_in_metrics_follows_the_schedule(tmp_path):
     assert lrs == pytest.approx([0.1, 0.1, 0.01])
 
 
-def test_auto_precision_and_memory_format_follow_the_hardware():
+def test_auto_precision_follows_the_hardware_and_memory_format_the_setting():
     cpu = torch.device("cpu")
     assert use_bf16(settings(precision="auto"), cpu) == cpu_has_native_bf16()
     assert use_bf16(settings(precision="bf16"), cpu) and not use_bf16(settings(precision="fp32"), cpu)
-    assert not use_channels_last(settings(channels_last=None), cpu)
-    assert use_channels_last(settings(channels_last=None), torch.device("cuda"))
     assert use_channels_last(settings(channels_last=True), cpu)
+    assert not use_channels_last(settings(channels_last=False), torch.device("cuda"))
 
 
 def test_progress_and_epoch_lines_go_to_the_console(tmp_path):

@@ -1,0 +1,167 @@
+"""`sslbench bench`: the figures it writes, FLOP counting against hand formulas, variants."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from sslbench.bench import (
+    BASELINE,
+    PROFILE,
+    BenchPlan,
+    Variant,
+    busy_warning,
+    conv_flops,
+    count_flops,
+    pose_batch,
+    time_training,
+    train_flops_per_image,
+)
+from sslbench.cli import main
+from sslbench.config import TrainSettings
+from sslbench.errors import ConfigError
+from sslbench.interfaces import Geometry
+from sslbench.pose import PoseTask
+from sslbench.registry import default_registry
+
+TINY = [
+    "--profile", "smoke", "--threads", "1", "--steps", "2", "--rss-epochs", "2",
+    "--set", "backbone_options.input_size=32", "--set", "data_options.size=24", "--set", "pretext_data_options.size=24",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids spin-waiting on a shared machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_cpm(stages: int = 2):
+    return default_registry().create("backbone", "cpm6", num_outputs=15, stages=stages, width=0.125, input_size=32)
+
+
+def tiny_batch(model, size: int = 2):
+    data = default_registry().create("dataset", "synthetic", size=8)
+    return pose_batch(data, PoseTask(), Geometry(model.input_size, model.stride), size)
+
+
+@pytest.mark.slow
+def test_bench_command_writes_every_figure_as_json(tmp_path: Path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", *TINY, "--json", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "speed-up vs baseline" in result.output and "model FLOP utilisation" in result.output
+    figures = json.loads(out.read_text())
+    assert figures["machine"]["commit"] is not None and figures["machine"]["torch"] == torch.__version__
+    assert "load_before" in figures["machine"]
+    profile, baseline = figures["train"]["variants"]
+    assert (profile["name"], baseline["name"]) == ("profile", "baseline")
+    assert profile["channels_last"] and not baseline["channels_last"] and baseline["precision"] == "fp32"
+    assert profile["steps"] == baseline["steps"] == 2 and profile["images_per_s"] > 0
+    assert figures["train"]["speedup_vs_baseline"] == pytest.approx(profile["images_per_s"] / baseline["images_per_s"])
+    assert figures["inference"]["latency_ms"] > 0 and figures["inference"]["eval_images_per_s"] > 0
+    data = figures["data"]
+    assert data["jigsaw_samples_per_s"] > 0 and data["pose_samples_per_s"] > 0
+    for loader in (data["loader"]["pose"], data["loader"]["jigsaw"]):
+        assert loader["samples_per_s"] > 0
+        assert loader["ratio_to_training"] == pytest.approx(loader["samples_per_s"] / profile["images_per_s"])
+    flops = figures["flops"]
+    assert flops["train_per_image"] > 2 * flops["forward_per_image"] > 0
+    assert flops["peak"] == max(flops["peak_matmul"], flops["peak_conv"])
+    assert flops["mfu_percent"] == pytest.approx(
+        100 * flops["train_per_image"] * profile["images_per_s"] / flops["peak"]
+    )
+    memory = figures["memory"]
+    assert len(memory["fit"]["after_epoch_mb"]) == 2
+    assert memory["peak_rss_mb"] >= memory["start_rss_mb"] > 0
+
+
+def test_flops_of_one_convolution_match_the_hand_formula():
+    layer = nn.Conv2d(3, 8, kernel_size=5, padding=2)
+    image = torch.randn(2, 3, 12, 12)
+    expected = 2 * 2 * 8 * 12 * 12 * 3 * 5 * 5  # 2 x batch x out channels x out pixels x in channels x kernel area
+    assert conv_flops(layer, 12, 12, batch=2) == expected
+    assert count_flops(lambda: layer(image)) == expected
+
+
+def test_training_flops_of_a_tiny_cpm_are_its_convolutions_forward_and_backward():
+    model = tiny_cpm()
+    batch = tiny_batch(model)
+    per_layer: dict[str, int] = {}
+    hooks = [
+        module.register_forward_hook(
+            lambda mod, args, out, name=name: per_layer.__setitem__(name, conv_flops(mod, out.shape[-2], out.shape[-1]))
+        )
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d)
+    ]
+    with torch.no_grad():
+        model(batch["image"][:1], batch["centermap"][:1])
+    for hook in hooks:
+        hook.remove()
+    forward = sum(per_layer.values())
+
+    train, counted_forward = train_flops_per_image(
+        model, PoseTask(), batch, TrainSettings(precision="fp32"), torch.device("cpu")
+    )
+
+    assert counted_forward == forward
+    # backward: a weight gradient and an input gradient per convolution, except that the
+    # two convolutions reading the image need no input gradient
+    image_convs = per_layer["stage1.features.0"] + per_layer["middle.0"]
+    assert train == 3 * forward - image_convs
+
+
+def test_variants_are_timed_side_by_side_with_their_own_settings():
+    model = tiny_cpm()
+    batch = tiny_batch(model, size=4)
+    half = Variant("half", "half batch, one thread", batch_factor=0.5, threads=1)
+    settings = TrainSettings(batch_size=4, precision="fp32", channels_last=True)
+    results = time_training(model, PoseTask(), batch, settings, [PROFILE, BASELINE, half], 2, torch.device("cpu"))
+    by_name = {r["name"]: r for r in results}
+    assert by_name["profile"]["channels_last"] and not by_name["baseline"]["channels_last"]
+    assert by_name["half"]["batch_size"] == 2 and by_name["half"]["threads"] == 1
+    assert all(r["steps"] == 2 and r["images_per_s"] > 0 and r["error"] is None for r in results)
+    assert torch.get_num_threads() == 1  # the variant's thread count was restored
+
+
+def test_emulated_bf16_is_skipped_not_timed(monkeypatch):
+    from sslbench import bench
+
+    monkeypatch.setattr(bench, "cpu_has_native_bf16", lambda: False)
+    model = tiny_cpm(stages=1)
+    bf16 = Variant("bf16", "bf16", precision="bf16")
+    settings = TrainSettings(batch_size=2)
+    (result,) = time_training(model, PoseTask(), tiny_batch(model), settings, [bf16], 1, torch.device("cpu"))
+    assert result["error"].startswith("skipped") and result["images_per_s"] is None
+
+
+def test_plan_names_variants_and_rejects_unknown_ones():
+    plan = BenchPlan.for_profile("cpu", steps=4, explore=["no-mkldnn", "batch-x2"])
+    assert [v.name for v in plan.variants] == ["profile", "baseline", "no-mkldnn", "batch-x2"]
+    assert plan.steps == 4
+    assert len(BenchPlan.for_profile("smoke", explore=["all"]).variants) > 5
+    assert [v.name for v in BenchPlan.for_profile("cpu", compare_baseline=False).variants] == ["profile"]
+    with pytest.raises(ConfigError, match="unknown variant 'turbo'"):
+        BenchPlan.for_profile("cpu", explore=["turbo"])
+
+
+def test_unknown_variant_on_the_command_line_is_one_line_and_exit_code_2():
+    result = CliRunner().invoke(main, ["bench", "--profile", "smoke", "--variant", "turbo"])
+    assert result.exit_code == 2
+    assert "unknown variant 'turbo'" in result.output
+
+
+def test_busy_machine_is_flagged():
+    result = {"machine": {"load_before": [3.5, 3.0, 2.0], "logical_cpus": 2}}
+    assert "busy" in busy_warning(result)
+    result["machine"]["load_before"] = [0.1, 0.1, 0.1]
+    assert busy_warning(result) is None
