@@ -9,11 +9,10 @@ datasets is not mixed by accident) and hidden files are ignored. Protocol
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from sslbench.errors import DataError
 from sslbench.hookspecs import hookimpl
-from sslbench.imageio import ImageFileDataset, reject_options, require_root
+from sslbench.imageio import ImageFileDataset, require_root
 from sslbench.interfaces import Splits
 from sslbench.registry import Entry
 
@@ -52,19 +51,12 @@ class ImageFolder(ImageFileDataset):
         return self.unlabelled_splits(protocol, train_size, seed)
 
 
-def create(root: Path | str | None = None, skip_bad: bool = False, **options: Any) -> ImageFolder:
-    """Registry factory: ``root`` is the folder of images."""
-    cache_bytes = options.pop("cache_bytes", None)
-    reject_options(ImageFolder.name, options)
-    return ImageFolder(root, skip_bad=skip_bad, cache_bytes=cache_bytes)
-
-
 @hookimpl
 def sslbench_datasets() -> list[Entry]:
     return [
         Entry(
             "folder",
             "Any folder of images (jpg, jpeg, png, bmp, webp; not recursive) as an unlabelled pretext pool",
-            create,
+            ImageFolder.create,
         )
     ]

@@ -27,7 +27,6 @@ in which case every image is decoded once and unreadable ones are dropped with a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -40,7 +39,6 @@ from sslbench.imageio import (
     expected_names,
     load_mat_array,
     match_images,
-    reject_options,
     require_root,
     shape_text,
 )
@@ -122,19 +120,12 @@ class LSP(ImageFileDataset):
         )
 
 
-def create(root: Path | str | None = None, skip_bad: bool = False, **options: Any) -> LSP:
-    """Registry factory: ``root`` is the folder holding ``images/`` and ``joints.mat``."""
-    cache_bytes = options.pop("cache_bytes", None)
-    reject_options(LSP.name, options)
-    return LSP(root, skip_bad=skip_bad, cache_bytes=cache_bytes)
-
-
 @hookimpl
 def sslbench_datasets() -> list[Entry]:
     return [
         Entry(
             "lsp",
             "Leeds Sports Pose: 2000 images, 14 joints; protocols standard (1000/1000) and report (1600/200/200)",
-            create,
+            LSP.create,
         )
     ]

@@ -18,7 +18,6 @@ validation with a fixed seed; the rest is the training pool; there is no test se
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -31,7 +30,6 @@ from sslbench.imageio import (
     expected_names,
     load_mat_array,
     match_images,
-    reject_options,
     require_root,
     shape_text,
 )
@@ -97,19 +95,12 @@ class LSPET(ImageFileDataset):
         return self.unlabelled_splits(protocol, train_size, seed)
 
 
-def create(root: Path | str | None = None, skip_bad: bool = False, **options: Any) -> LSPET:
-    """Registry factory: ``root`` is the folder holding ``images/`` (and optionally ``joints.mat``)."""
-    cache_bytes = options.pop("cache_bytes", None)
-    reject_options(LSPET.name, options)
-    return LSPET(root, skip_bad=skip_bad, cache_bytes=cache_bytes)
-
-
 @hookimpl
 def sslbench_datasets() -> list[Entry]:
     return [
         Entry(
             "lspet",
             "LSP-extended: 10,000 images as an unlabelled pretext pool (joints used if joints.mat is present)",
-            create,
+            LSPET.create,
         )
     ]

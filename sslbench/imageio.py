@@ -251,6 +251,13 @@ class ImageFileDataset(ImageDataset):
         self.skipped: list[str] = []
         self.cache = ImageCache(cache_bytes)
 
+    @classmethod
+    def create(cls, root: Path | str | None = None, skip_bad: bool = False, **options: Any) -> "ImageFileDataset":
+        """Registry factory: *root* is the dataset folder; the only option is ``cache_bytes``."""
+        cache_bytes = options.pop("cache_bytes", None)
+        reject_options(cls.name, options)
+        return cls(root, skip_bad=skip_bad, cache_bytes=cache_bytes)
+
     def __len__(self) -> int:
         return len(self.paths)
 

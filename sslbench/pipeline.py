@@ -10,6 +10,7 @@ Conventions: pixel centres sit at integer coordinates; heatmap pixel ``u`` at st
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -176,10 +177,25 @@ def with_background(maps: np.ndarray) -> np.ndarray:
     return np.concatenate([maps, background.astype(np.float32)], axis=0)
 
 
-def centre_map(input_size: int, sigma: float = 21.0) -> np.ndarray:
+#: CPM's centre-map sigma at its 368 px input; other sizes scale it
+CENTRE_MAP_SIGMA_368 = 21.0
+
+
+def centre_map(input_size: int, sigma: float = CENTRE_MAP_SIGMA_368) -> np.ndarray:
     """CPM centre map: float32 (1, S, S), a Gaussian at the centre of the input."""
     half = (input_size - 1) / 2.0
     return gaussian_maps(np.array([[half, half]]), input_size, sigma)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_centre_map(input_size: int, sigma: float) -> np.ndarray:
+    return centre_map(input_size, sigma)
+
+
+def centre_map_tensor(input_size: int, sigma: float | None = None) -> torch.Tensor:
+    """A fresh (1, S, S) centre map tensor; sigma defaults to 21 px at 368 px, scaled with S."""
+    sigma = CENTRE_MAP_SIGMA_368 * input_size / 368.0 if sigma is None else sigma
+    return torch.from_numpy(_cached_centre_map(input_size, float(sigma)).copy())
 
 
 def decode_maps(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

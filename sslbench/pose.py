@@ -11,7 +11,6 @@ measured at the original resolution.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Literal
 
 import numpy as np
@@ -25,7 +24,7 @@ from sslbench.joints import FLIP_INDEX, JOINT_NAMES, NUM_JOINTS
 from sslbench.pipeline import (
     Augment,
     box_square,
-    centre_map,
+    centre_map_tensor,
     centre_square,
     crop_matrix,
     decode_maps,
@@ -42,17 +41,8 @@ from sslbench.pipeline import (
 #: the reference (namedBen) scales its per-stage MSE by the number of target values of
 #: one image at 368 px: 46 x 46 maps x 15 channels
 REFERENCE_SCALE = 46 * 46 * 15
-#: CPM centre-map sigma at the reference input size (368 px); scaled with the input size
-CENTERMAP_SIGMA_368 = 21.0
 
 LossScale = Literal["mean", "sum"]
-
-
-@functools.lru_cache(maxsize=8)
-def _centre_map(input_size: int, sigma: float) -> np.ndarray:
-    array = centre_map(input_size, sigma)
-    array.setflags(write=False)
-    return array
 
 
 def decode_joints(
@@ -161,8 +151,7 @@ class PoseTask(Task):
 
     def centermap(self, input_size: int) -> torch.Tensor:
         """(1, S, S) Gaussian at the input centre; sigma 21 px at 368 px, scaled with S."""
-        sigma = self.centermap_sigma or CENTERMAP_SIGMA_368 * input_size / 368.0
-        return torch.from_numpy(_centre_map(input_size, float(sigma)).copy())
+        return centre_map_tensor(input_size, self.centermap_sigma)
 
     # -- samples -------------------------------------------------------------------------
     def make_sample(

@@ -22,10 +22,7 @@ import torch
 
 from sslbench.errors import ConfigError, DataError
 from sslbench.interfaces import Geometry, Metric, Pretext
-from sslbench.pipeline import centre_map, centre_square, crop_matrix, warp
-
-#: the CPM centre-map sigma at 368 px, scaled with the input size
-CENTREMAP_SIGMA_AT_368 = 21.0
+from sslbench.pipeline import centre_map_tensor, centre_square, crop_matrix, warp
 
 
 # ---------------------------------------------------------------------------- options
@@ -134,16 +131,6 @@ def colour_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float
     pixels = image.astype(np.float32) * b
     pixels = (pixels - pixels.mean()) * c + pixels.mean()
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
-
-
-@functools.lru_cache(maxsize=8)
-def _centre_map(input_size: int) -> np.ndarray:
-    return centre_map(input_size, sigma=CENTREMAP_SIGMA_AT_368 * input_size / 368.0)
-
-
-def centre_map_tensor(input_size: int) -> torch.Tensor:
-    """(1, S, S) CPM centre map, sigma 21 px at 368 scaled with the input size (a fresh tensor)."""
-    return torch.from_numpy(_centre_map(input_size).copy())
 
 
 def base_sample(image: torch.Tensor, geometry: Geometry) -> dict[str, Any]:

@@ -151,7 +151,7 @@ def test_pose_tile_draws_left_limbs_blue_and_right_limbs_red_after_a_flip(lsp_ro
     from sslbench.pipeline import Augment
     from sslbench.pose import PoseTask
 
-    data = lsp.create(root=lsp_root)
+    data = lsp.LSP.create(root=lsp_root)
     task = PoseTask(augment=Augment(rotation=0.0, scale=(1.0, 1.0), flip=True))
     geometry = Geometry(input_size=64, stride=8)
     seen = set()

@@ -171,9 +171,9 @@ def test_lsp_unknown_protocol_lists_the_known_ones(lsp_root):
 
 def test_lsp_needs_a_root(tmp_path):
     with pytest.raises(DataError, match="--root is required for dataset lsp"):
-        lsp.create()
+        lsp.LSP.create()
     with pytest.raises(DataError, match="nowhere: dataset folder not found"):
-        lsp.create(root=tmp_path / "nowhere")
+        lsp.LSP.create(root=tmp_path / "nowhere")
 
 
 def test_lsp_missing_image_folder_or_joints_mat_names_the_path(lsp_root):
