@@ -48,7 +48,7 @@ def build_config(
 
 
 def config_options(function):
-    """The options shared by ``run`` and ``sweep``-like commands that build a RunConfig."""
+    """The options of ``run``: everything that builds one RunConfig."""
     options = [
         click.option("--profile", default="cpu", show_default=True, help="paper | cpu | smoke: starting settings."),
         click.option("--backbone", help="Backbone plugin name (default cpm6)."),
