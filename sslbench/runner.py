@@ -111,13 +111,12 @@ def run_cell(
         f"[bold]{config.strategy}[/] on {config.data}: {len(train_set)} train / {len(val_set)} val / "
         f"{len(test_set)} test images, seed {config.seed}, cell {cid}"
     )
-    downstream_start = time.perf_counter()
     fitted = fit(
         model, pose, train_set, val_set, config.downstream, run_dir / "downstream",
         seed=config.seed, resume=resume, label=f"pose {config.strategy}", console=console,
         meta={"run": config.to_dict(), "cell_id": cid},
     )  # fmt: skip
-    downstream_s = time.perf_counter() - downstream_start
+    downstream_s = fitted.train_seconds  # summed over interrupted and resumed sessions
 
     eval_start = time.perf_counter()
     # the one look at the test set (on rank 0 only under torch.distributed)
@@ -234,13 +233,12 @@ def pretrain(
             f"[bold]pretraining {config.pretext}[/] on {config.pretext_data}: "
             f"{len(splits.train)} images ({len(train_set)} per epoch), {len(val_set)} held out"
         )
-        start = time.perf_counter()
         fitted = fit(
             model, pretext, train_set, val_set, config.pretrain, cache_dir / "run",
             seed=config.pretraining_seed, resume=True, label=f"pretext {config.pretext}", console=console,
             meta={"pretext_key": key},
         )  # fmt: skip
-        seconds = time.perf_counter() - start
+        seconds = fitted.train_seconds  # summed over interrupted and resumed sessions
         held_out = distributed.on_main(lambda: evaluate(model, pretext, val_set, config.pretrain))
         meta = {"key": key, "backbone": model.config(), "pretext": pretext.config(), "metrics": held_out,
                 "seconds": seconds, "images_per_s": fitted.images_per_s, "best_epoch": fitted.best_epoch}  # fmt: skip
