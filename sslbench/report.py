@@ -39,7 +39,7 @@ _NOT_DISTINGUISHING = {
     "config.seed", "config.train_size", "config.pretext", "config.policy", "config.freeze",
     "config.root", "config.pretext_root",
 }  # fmt: skip
-_PRETEXT_ONLY = ("config.pretext_options.", "config.pretrain.", "config.pretext_data", "config.pretext_images")
+_PRETEXT_ONLY = ("config.pretext_options.", "config.pretrain.", "config.pretext_data", "config.pretext_images", "config.pretrain_seed")
 
 
 # ----------------------------------------------------------------------------------- math
