@@ -46,6 +46,7 @@ from sslbench.interfaces import Splits
 from sslbench.joints import NUM_JOINTS
 from sslbench.registry import Entry
 
+
 class LSP(ImageFileDataset):
     """LSP images and joints; see the module docstring for layout and protocols."""
 

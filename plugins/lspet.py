@@ -37,6 +37,7 @@ from sslbench.interfaces import Splits
 from sslbench.joints import NUM_JOINTS
 from sslbench.registry import Entry
 
+
 class LSPET(ImageFileDataset):
     """LSP-extended images, with joints when ``joints.mat`` is present."""
 
