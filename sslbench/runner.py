@@ -27,10 +27,10 @@ from rich.console import Console
 from sslbench import distributed, environment
 from sslbench.atomic import read_json, write_json
 from sslbench.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from sslbench.config import RunConfig, config_hash
+from sslbench.config import RunConfig, TrainSettings, config_hash
 from sslbench.data import TaskDataset
 from sslbench.errors import CheckpointError
-from sslbench.interfaces import Backbone, Geometry, ImageDataset, Pretext
+from sslbench.interfaces import Backbone, Geometry, ImageDataset, Pretext, Splits, Task
 from sslbench.pose import PoseTask
 from sslbench.registry import Registry, default_registry
 from sslbench.splits import budget
@@ -52,6 +52,15 @@ def open_dataset(
 
 def build_backbone(registry: Registry, config: RunConfig, num_outputs: int) -> Backbone:
     return registry.create("backbone", config.backbone, "--backbone", num_outputs=num_outputs, **config.backbone_options)
+
+
+def train_and_val(
+    images: ImageDataset, splits: Splits, task: Task, geometry: Geometry, seed: int, settings: TrainSettings
+) -> tuple[TaskDataset, TaskDataset]:
+    """The train set (capped per epoch by ``samples_per_epoch``) and validation set of one phase."""
+    train = TaskDataset(images, splits.train, task, geometry, seed=seed, train=True, limit=settings.samples_per_epoch)
+    val = TaskDataset(images, splits.val, task, geometry, seed=seed, train=False, limit=settings.val_samples)
+    return train, val
 
 
 def run_cell(
@@ -103,9 +112,7 @@ def run_cell(
         report = transfer(pretrained["state"], model, policy, config.freeze)
         console.print(report.table())
     geometry = Geometry(model.input_size, model.stride)
-    train_set = TaskDataset(data, splits.train, pose, geometry, seed=config.seed, train=True,
-                            limit=config.downstream.samples_per_epoch)  # fmt: skip
-    val_set = TaskDataset(data, splits.val, pose, geometry, seed=config.seed, train=False, limit=config.downstream.val_samples)
+    train_set, val_set = train_and_val(data, splits, pose, geometry, config.seed, config.downstream)
     test_set = TaskDataset(data, splits.test, pose, geometry, seed=config.seed, train=False)
     console.print(
         f"[bold]{config.strategy}[/] on {config.data}: {len(train_set)} train / {len(val_set)} val / "
@@ -225,10 +232,7 @@ def pretrain(
         torch.manual_seed(config.pretraining_seed)
         model = build_backbone(registry, config, pretext.num_outputs)
         geometry = Geometry(model.input_size, model.stride)
-        train_set = TaskDataset(pool, splits.train, pretext, geometry, seed=config.pretraining_seed, train=True,
-                                limit=config.pretrain.samples_per_epoch)  # fmt: skip
-        val_set = TaskDataset(pool, splits.val, pretext, geometry, seed=config.pretraining_seed, train=False,
-                              limit=config.pretrain.val_samples)  # fmt: skip
+        train_set, val_set = train_and_val(pool, splits, pretext, geometry, config.pretraining_seed, config.pretrain)
         console.print(
             f"[bold]pretraining {config.pretext}[/] on {config.pretext_data}: "
             f"{len(splits.train)} images ({len(train_set)} per epoch), {len(val_set)} held out"

@@ -157,3 +157,14 @@ def lspet_root(tmp_path: Path) -> Path:
 def folder_root(tmp_path: Path) -> Path:
     """12 images in a flat folder, mixed formats."""
     return make_folder(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP spin-waiting on a shared 2-core machine."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

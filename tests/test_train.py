@@ -37,14 +37,7 @@ from sslbench.train import (
 
 GEOMETRY = Geometry(input_size=32, stride=8)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids spin-waiting on the shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyNet(Backbone):
