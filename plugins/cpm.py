@@ -43,6 +43,8 @@ from sslbench.registry import Entry
 
 #: stride of every CPM output map relative to the input image
 STRIDE = 8
+#: ``norm`` choices: none (the published CPM) or batch (BatchNorm after every hidden convolution)
+NORMS = ("none", "batch")
 #: stage counts that get their own ``cpmN`` entry
 NAMED_STAGES = (3, 4, 5, 6)
 
@@ -52,30 +54,39 @@ def _conv(in_channels: int, out_channels: int, kernel: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2)
 
 
+def _act(channels: int, norm: str) -> list[nn.Module]:
+    """What follows a hidden convolution: ReLU, preceded by BatchNorm when ``norm="batch"``."""
+    return ([nn.BatchNorm2d(channels)] if norm == "batch" else []) + [nn.ReLU(inplace=True)]
+
+
+def _conv_act(in_channels: int, out_channels: int, kernel: int, norm: str) -> list[nn.Module]:
+    return [_conv(in_channels, out_channels, kernel), *_act(out_channels, norm)]
+
+
 def _pool() -> nn.MaxPool2d:
     """3x3 max pool, stride 2, padding 1: exactly halves any even size."""
     return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
 
-def _image_trunk(channels: int) -> list[nn.Module]:
+def _image_trunk(channels: int, norm: str) -> list[nn.Module]:
     """conv9 3->C, pool, conv9 C->C, pool, conv9 C->C, pool (stride 8)."""
     return [
-        _conv(3, channels, 9), nn.ReLU(inplace=True), _pool(),
-        _conv(channels, channels, 9), nn.ReLU(inplace=True), _pool(),
-        _conv(channels, channels, 9), nn.ReLU(inplace=True), _pool(),
+        *_conv_act(3, channels, 9, norm), _pool(),
+        *_conv_act(channels, channels, 9, norm), _pool(),
+        *_conv_act(channels, channels, 9, norm), _pool(),
     ]  # fmt: skip
 
 
 class FirstStage(nn.Module):
     """Stage 1: image -> belief maps, from the image alone."""
 
-    def __init__(self, num_outputs: int, c128: int, c32: int, c512: int) -> None:
+    def __init__(self, num_outputs: int, c128: int, c32: int, c512: int, norm: str) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            *_image_trunk(c128),
-            _conv(c128, c32, 5), nn.ReLU(inplace=True),
-            _conv(c32, c512, 9), nn.ReLU(inplace=True),
-            _conv(c512, c512, 1), nn.ReLU(inplace=True),
+            *_image_trunk(c128, norm),
+            *_conv_act(c128, c32, 5, norm),
+            *_conv_act(c32, c512, 9, norm),
+            *_conv_act(c512, c512, 1, norm),
         )  # fmt: skip
         self.out = _conv(c512, num_outputs, 1)
 
@@ -86,15 +97,15 @@ class FirstStage(nn.Module):
 class LaterStage(nn.Module):
     """Stage t >= 2: refines the previous beliefs from shared image features and the centre map."""
 
-    def __init__(self, num_outputs: int, c128: int, c32: int) -> None:
+    def __init__(self, num_outputs: int, c128: int, c32: int, norm: str) -> None:
         super().__init__()
-        self.features = nn.Sequential(_conv(c128, c32, 5), nn.ReLU(inplace=True))
+        self.features = nn.Sequential(*_conv_act(c128, c32, 5, norm))
         self.fuse = _conv(c32 + num_outputs + 1, c128, 11)
         self.refine = nn.Sequential(
-            nn.ReLU(inplace=True),
-            _conv(c128, c128, 11), nn.ReLU(inplace=True),
-            _conv(c128, c128, 11), nn.ReLU(inplace=True),
-            _conv(c128, c128, 1), nn.ReLU(inplace=True),
+            *_act(c128, norm),  # the fuse adapter's normalisation and ReLU: their shape does not depend on K
+            *_conv_act(c128, c128, 11, norm),
+            *_conv_act(c128, c128, 11, norm),
+            *_conv_act(c128, c128, 1, norm),
         )  # fmt: skip
         self.out = _conv(c128, num_outputs, 1)
 
@@ -121,6 +132,7 @@ class CPM(Backbone):
         width: float = 1.0,
         input_size: int = 368,
         centermap_sigma: float = 21.0,
+        norm: str = "none",
         *,
         entry_name: str = "cpm",
     ) -> None:
@@ -129,18 +141,21 @@ class CPM(Backbone):
         _check_input_size(input_size)
         _check_positive("width", width)
         _check_positive("centermap_sigma", centermap_sigma)
+        if norm not in NORMS:
+            raise ConfigError(f"backbone option norm must be one of {', '.join(NORMS)}, got {norm!r}")
         super().__init__(num_outputs=num_outputs, input_size=input_size, stride=STRIDE)
         self.stages = stages
         self.width = float(width)
         self.centermap_sigma = float(centermap_sigma)
+        self.norm = norm
         self.entry_name = entry_name
 
         c128, c32, c512 = (max(1, round(c * width)) for c in (128, 32, 512))
-        self.stage1 = FirstStage(num_outputs, c128, c32, c512)
+        self.stage1 = FirstStage(num_outputs, c128, c32, c512, norm)
         if stages >= 2:
-            self.middle = nn.Sequential(*_image_trunk(c128))
+            self.middle = nn.Sequential(*_image_trunk(c128, norm))
         for t in range(2, stages + 1):
-            self.add_module(f"stage{t}", LaterStage(num_outputs, c128, c32))
+            self.add_module(f"stage{t}", LaterStage(num_outputs, c128, c32, norm))
         self.centermap_pool = nn.AvgPool2d(kernel_size=9, stride=STRIDE, padding=1, count_include_pad=False)
         self._centermaps: dict[tuple[int, int, str, torch.dtype], torch.Tensor] = {}
         self._init_weights()
@@ -213,6 +228,7 @@ class CPM(Backbone):
             "width": self.width,
             "input_size": self.input_size,
             "centermap_sigma": self.centermap_sigma,
+            "norm": self.norm,
         }
 
 
@@ -232,7 +248,7 @@ def _check_positive(option: str, value: Any) -> None:
 
 
 #: options every CPM entry accepts (besides ``num_outputs``)
-OPTIONS = ("stages", "width", "input_size", "centermap_sigma")
+OPTIONS = ("stages", "width", "input_size", "centermap_sigma", "norm")
 
 
 def _factory(entry_name: str, stages: int) -> Callable[..., CPM]:

@@ -107,10 +107,24 @@ def test_paper_cpm_has_eleven_adapters_and_groups_in_order(paper_cpm: CPM) -> No
 
 
 @pytest.mark.parametrize("stages", [1, 2, 6])
-def test_cpm_groups_and_adapters_partition_the_parameters(stages: int) -> None:
-    model = CPM(15, stages=stages, **TINY)
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_cpm_groups_and_adapters_partition_the_parameters(stages: int, norm: str) -> None:
+    model = CPM(15, stages=stages, norm=norm, **TINY)
     assert_partition(model)
     assert len(model.adapters()) == 1 + 2 * (stages - 1)
+
+
+def test_cpm_batch_norm_follows_every_hidden_convolution_and_stays_out_of_the_adapters() -> None:
+    model = CPM(15, stages=6, norm="batch", **TINY)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == len(convs) - 6  # all but the 6 stage outputs
+    for path in model.adapters():
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.get_submodule(path).modules()), path
+    # the parameters and statistics that differ from the published CPM are only the norms'
+    plain = set(CPM(15, stages=6, **TINY).state_dict())
+    extra = set(model.state_dict()) - plain
+    assert extra and all(k.endswith(("weight", "bias", "running_mean", "running_var", "num_batches_tracked")) for k in extra)
 
 
 @pytest.mark.parametrize(("stages", "size"), [(1, 64), (3, 64), (2, 72)])
@@ -164,8 +178,9 @@ def test_cpm_gradient_reaches_every_parameter() -> None:
     assert not no_grad
 
 
-def test_cpm_output_count_changes_only_the_adapters() -> None:
-    pose, jigsaw = CPM(15, stages=3, **TINY), CPM(10, stages=3, **TINY)
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_cpm_output_count_changes_only_the_adapters(norm: str) -> None:
+    pose, jigsaw = CPM(15, stages=3, norm=norm, **TINY), CPM(10, stages=3, norm=norm, **TINY)
     a, b = param_shapes(pose), param_shapes(jigsaw)
     assert a.keys() == b.keys()
     adapters = tuple(f"{path}." for path in pose.adapters())
@@ -192,6 +207,7 @@ def test_cpm_width_scales_hidden_channels_only() -> None:
         ({"width": -1.0}, "width"),
         ({"stages": 0}, "stages"),
         ({"centermap_sigma": 0.0}, "centermap_sigma"),
+        ({"norm": "layer"}, "norm"),
     ],
 )
 def test_cpm_rejects_impossible_options(options: dict, option: str) -> None:
@@ -200,7 +216,8 @@ def test_cpm_rejects_impossible_options(options: dict, option: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "options"), [("cpm6", {}), ("cpm3", {}), ("cpm6", {"stages": 2}), ("cpm", {"stages": 4})]
+    ("name", "options"),
+    [("cpm6", {}), ("cpm3", {}), ("cpm6", {"stages": 2}), ("cpm", {"stages": 4}), ("cpm6", {"norm": "batch"})],
 )
 def test_cpm_config_rebuilds_the_same_network_through_the_registry(
     registry: Registry, name: str, options: dict

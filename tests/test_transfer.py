@@ -292,14 +292,21 @@ def test_cpm_policies_transfer_the_reports_layers_and_freeze_them():
 
 
 @pytest.mark.slow
-def test_timm_backbone_frozen_batchnorm_statistics_do_not_drift():
-    timm_plugin = pytest.importorskip("sslbench_plugins.timm_backbone")
-    registry = Registry(plugins=[timm_plugin, policies_plugin], load_entrypoints=False)
+@pytest.mark.parametrize(
+    ("plugin", "name", "options", "trained_stats"),
+    [
+        ("timm_backbone", "timm-resnet18", {"width": 0.25}, "head.deconvs"),
+        ("cpm", "cpm6", {"width": 0.0625, "norm": "batch"}, "stage2.refine"),
+    ],
+)
+def test_frozen_batchnorm_statistics_of_real_backbones_do_not_drift(plugin, name, options, trained_stats):
+    module = pytest.importorskip(f"sslbench_plugins.{plugin}")
+    registry = Registry(plugins=[module, policies_plugin], load_entrypoints=False)
     try:
-        pretext = registry.create("backbone", "timm-resnet18", num_outputs=4, input_size=64, width=0.25)
-        pose = registry.create("backbone", "timm-resnet18", num_outputs=15, input_size=64, width=0.25)
+        pretext = registry.create("backbone", name, num_outputs=4, input_size=64, **options)
+        pose = registry.create("backbone", name, num_outputs=15, input_size=64, **options)
     except ConfigError as exc:  # pragma: no cover - depends on the installed timm
-        pytest.skip(f"timm backbone unavailable: {exc}")
+        pytest.skip(f"backbone unavailable: {exc}")
     with torch.no_grad():
         for key, tensor in pretext.state_dict().items():
             if "running_var" in key:
@@ -311,5 +318,5 @@ def test_timm_backbone_frozen_batchnorm_statistics_do_not_drift():
     after = pose.state_dict()
     for key in report.copied:
         assert torch.equal(after[key], before[key]), key
-    head_stats = [k for k in after if k.startswith("head.deconvs") and k.endswith("running_mean")]
-    assert head_stats and not torch.equal(after[head_stats[0]], before[head_stats[0]])
+    trained = [k for k in after if k.startswith(trained_stats) and k.endswith("running_mean")]
+    assert trained and not torch.equal(after[trained[0]], before[trained[0]])
