@@ -22,6 +22,11 @@ conv keeps the spatial size; every max pool (3x3, stride 2, padding 1) halves it
 except the stage outputs (``out``). The centre map is average-pooled (9x9, stride 8,
 padding 1, padding not counted) to the same ``S/8 x S/8``.
 
+``norm="batch"`` puts BatchNorm between every hidden conv and its ReLU (the published
+network, ``norm="none"``, has none). The ``cpu`` profile uses it: at width x0.125 the
+plain network's ReLUs die within about 20 Adam steps on pretext losses. The BatchNorm
+after ``stageT.fuse`` belongs to ``stageT.refine``: its size does not depend on ``K``.
+
 Initialisation: Kaiming-normal (fan-in, ReLU gain) for every conv followed by a ReLU, so
 activations keep their scale through the deep stack when training from scratch with Adam;
 the stage outputs (``out``) use normal(0, 0.01) like the reference, so initial belief maps
