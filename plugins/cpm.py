@@ -44,6 +44,7 @@ from torch import nn
 from sslbench.errors import ConfigError
 from sslbench.hookspecs import hookimpl
 from sslbench.interfaces import Backbone, LayerGroup
+from sslbench.pipeline import centre_map_sigma
 from sslbench.registry import Entry
 
 #: stride of every CPM output map relative to the input image
@@ -127,7 +128,8 @@ class CPM(Backbone):
     ``num_outputs`` maps per stage (15 = 14 joints + background for pose, 9 for the
     jigsaw-heatmap pretext). ``width`` multiplies every hidden channel count (128, 32,
     512). ``centermap_sigma`` (input pixels) shapes the default centre map used when
-    ``forward`` gets none: a Gaussian at the image centre.
+    ``forward`` gets none: a Gaussian at the image centre; None (the default) scales
+    CPM's 21 px at 368 px to ``input_size``, the same map every sample carries.
     """
 
     def __init__(
@@ -136,7 +138,7 @@ class CPM(Backbone):
         stages: int = 6,
         width: float = 1.0,
         input_size: int = 368,
-        centermap_sigma: float = 21.0,
+        centermap_sigma: float | None = None,
         norm: str = "none",
         *,
         entry_name: str = "cpm",
@@ -145,13 +147,14 @@ class CPM(Backbone):
         _check_int("stages", stages, minimum=1)
         _check_input_size(input_size)
         _check_positive("width", width)
-        _check_positive("centermap_sigma", centermap_sigma)
+        if centermap_sigma is not None:
+            _check_positive("centermap_sigma", centermap_sigma)
         if norm not in NORMS:
             raise ConfigError(f"backbone option norm must be one of {', '.join(NORMS)}, got {norm!r}")
         super().__init__(num_outputs=num_outputs, input_size=input_size, stride=STRIDE)
         self.stages = stages
         self.width = float(width)
-        self.centermap_sigma = float(centermap_sigma)
+        self.centermap_sigma = None if centermap_sigma is None else float(centermap_sigma)
         self.norm = norm
         self.entry_name = entry_name
 
@@ -180,13 +183,14 @@ class CPM(Backbone):
         return ["stage1.out"] + [f"stage{t}.out" for t in range(2, self.stages + 1)]
 
     def default_centermap(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """(1, 1, H, W) Gaussian of sigma ``centermap_sigma`` at the image centre (cached)."""
+        """(1, 1, H, W) Gaussian at the image centre (cached), as :func:`~sslbench.pipeline.centre_map_tensor`."""
         key = (height, width, str(device), dtype)
         if key not in self._centermaps:
+            sigma = centre_map_sigma(self.input_size) if self.centermap_sigma is None else self.centermap_sigma
             ys = torch.arange(height, dtype=torch.float32) - (height - 1) / 2
             xs = torch.arange(width, dtype=torch.float32) - (width - 1) / 2
             d2 = ys[:, None] ** 2 + xs[None, :] ** 2
-            gauss = torch.exp(-d2 / (2 * self.centermap_sigma**2))
+            gauss = torch.exp(-d2 / (2 * sigma**2))
             self._centermaps[key] = gauss[None, None].to(device=device, dtype=dtype)
         return self._centermaps[key]
 

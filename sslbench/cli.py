@@ -6,9 +6,13 @@ traceback is shown only with ``sslbench --debug ...``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
 import traceback
+from typing import Iterator
 
 import click
 from rich.console import Console
@@ -21,12 +25,34 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that cleanup runs (a sweep stops its worker processes)."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM unwinds it as :class:`Terminated` instead of killing it outright."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class SSLBenchGroup(click.Group):
     """A click group that turns known errors into one line and an exit code."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with sigterm_as_interrupt():
+                return super().invoke(ctx)
         except SSLBenchError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
@@ -34,6 +60,9 @@ class SSLBenchGroup(click.Group):
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except Terminated:
+            err_console.print("terminated")
+            ctx.exit(128 + signal.SIGTERM)
         except KeyboardInterrupt:
             err_console.print("interrupted")
             ctx.exit(130)

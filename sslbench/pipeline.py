@@ -192,9 +192,14 @@ def _cached_centre_map(input_size: int, sigma: float) -> np.ndarray:
     return centre_map(input_size, sigma)
 
 
+def centre_map_sigma(input_size: int) -> float:
+    """The default centre-map sigma: 21 px at CPM's 368 px input, scaled with the input size."""
+    return CENTRE_MAP_SIGMA_368 * input_size / 368.0
+
+
 def centre_map_tensor(input_size: int, sigma: float | None = None) -> torch.Tensor:
-    """A fresh (1, S, S) centre map tensor; sigma defaults to 21 px at 368 px, scaled with S."""
-    sigma = CENTRE_MAP_SIGMA_368 * input_size / 368.0 if sigma is None else sigma
+    """A fresh (1, S, S) centre map tensor; sigma defaults to :func:`centre_map_sigma`."""
+    sigma = centre_map_sigma(input_size) if sigma is None else sigma
     return torch.from_numpy(_cached_centre_map(input_size, float(sigma)).copy())
 
 

@@ -939,6 +939,23 @@ def _note(outcome: SweepOutcome, cell_id: str, status: str) -> None:
     {"done": outcome.done, "failed": outcome.failed, "skipped": outcome.skipped, "busy": outcome.busy}[status].append(cell_id)
 
 
+def next_cell(queue: collections.deque[Cell], running: Sequence[Cell]) -> Cell:
+    """Take the next cell to start from *queue*, preferring one that will not wait on a running cell.
+
+    Cells sharing a pretext pretraining serialise on its cache lock: a second such cell
+    would sit idle until the first has pretrained. So the first queued cell whose
+    pretraining no running cell holds goes first (supervised cells hold none); only
+    when every queued cell shares one does the head of the queue start (it then waits,
+    and reuses the pretraining the moment it is cached).
+    """
+    busy = {c.pretrain_key for c in running if c.pretrain_key is not None}
+    for index, cell in enumerate(queue):
+        if cell.pretrain_key is None or cell.pretrain_key not in busy:
+            del queue[index]
+            return cell
+    return queue.popleft()
+
+
 def _run_parallel(
     pending: list[Cell], store: ResultsStore, workdir: Path, runner: Runner | None, workers: int,
     retry_failed: bool, outcome: SweepOutcome, display: _Display, console: Console,
@@ -950,7 +967,7 @@ def _run_parallel(
     try:
         while queue or running:
             while queue and len(running) < workers:
-                cell = queue.popleft()
+                cell = next_cell(queue, [c for _, c, _ in running.values()])
                 args = (cell.cell_id, cell.config.to_dict(), str(store.root), str(workdir), runner, retry_failed, threads, loaders)
                 process = context.Process(target=_cell_process, args=args, name=f"sslbench-cell-{cell.cell_id}")
                 process.start()

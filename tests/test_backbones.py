@@ -145,6 +145,18 @@ def test_cpm_runs_with_channels_last_and_bf16_autocast() -> None:
     assert all(torch.isfinite(o.float()).all() for o in outputs)
 
 
+@pytest.mark.parametrize("input_size", [64, 128, 368])
+def test_cpm_default_centermap_is_the_one_samples_carry(input_size: int) -> None:
+    from sslbench.pipeline import centre_map_tensor
+
+    model = CPM(15, stages=2, input_size=input_size, width=0.125)
+    default = model.default_centermap(input_size, input_size, torch.device("cpu"), torch.float32)[0]
+    torch.testing.assert_close(default, centre_map_tensor(input_size), atol=1e-6, rtol=0)
+    wide = model.default_centermap(input_size, 2 * input_size, torch.device("cpu"), torch.float32)[0, 0]
+    assert wide.shape == (input_size, 2 * input_size) and torch.allclose(wide, wide.flip(1))
+    assert model.config()["centermap_sigma"] is None
+
+
 def test_cpm_default_centermap_is_a_gaussian_at_the_image_centre() -> None:
     model = CPM(15, stages=2, input_size=64, width=0.125, centermap_sigma=5.0)
     centre = model.default_centermap(64, 64, torch.device("cpu"), torch.float32)[0, 0]

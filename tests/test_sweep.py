@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from sslbench.sweep import (
     find_line,
     load_spec,
     max_loader_workers,
+    next_cell,
     parse_shard,
     run_sweep,
     shard_cells,
@@ -163,10 +166,14 @@ def _log_call(workdir: Path, config: RunConfig) -> None:
 
 
 def fake_runner(config: RunConfig, workdir: Path, *, resume: bool = True, console: Any = None) -> dict[str, Any]:
-    """Module level, so worker processes can import it; seed 9 kills its own process."""
+    """Module level, so worker processes can import it; seed 9 kills its own process, seed 8
+    sends SIGTERM to the sweep and then works on (for a minute)."""
     _log_call(workdir, config)
     if config.seed == 9:
         os.kill(os.getpid(), signal.SIGKILL)
+    if config.seed == 8:
+        os.kill(os.getppid(), signal.SIGTERM)
+        time.sleep(60)
     return fake_record(config, workdir)
 
 
@@ -327,6 +334,23 @@ def test_cells_sharing_a_pretraining_are_adjacent(tmp_path: Path, registry: Regi
     assert {len(cells) for cells in plan.pretrainings().values()} == {4}  # 2 policies x 2 sizes
 
 
+def test_parallel_workers_do_not_queue_behind_a_pretraining_in_progress(tmp_path: Path, registry: Registry) -> None:
+    plan = plan_of(tmp_path, registry)
+    queue = collections.deque(c for c in plan.cells if c.pretrain_key)  # pretext cells only, in plan order
+    first = next_cell(queue, running=[])
+    assert first is plan.cells[[c.pretrain_key is not None for c in plan.cells].index(True)]  # head first
+    second = next_cell(queue, running=[first])
+    assert second.pretrain_key != first.pretrain_key  # skips the cells waiting on first's pretraining
+    third = next_cell(queue, running=[first, second])
+    assert third.pretrain_key not in {first.pretrain_key, second.pretrain_key}
+    # when every queued cell shares a running pretraining, the head of the queue starts anyway
+    shared = collections.deque(c for c in plan.cells if c.pretrain_key == first.pretrain_key and c is not first)
+    head = shared[0]
+    assert next_cell(shared, running=[first]) is head and head not in shared
+    supervised = collections.deque(c for c in plan.cells if c.pretrain_key is None)
+    assert next_cell(supervised, running=[first]) is not None and len(supervised) == 3
+
+
 def test_shards_are_disjoint_cover_all_cells_and_keep_pretrainings_together(tmp_path: Path, registry: Registry) -> None:
     cells = plan_of(tmp_path, registry).cells
     for count in (1, 2, 3, 5, 40):
@@ -429,6 +453,23 @@ def test_parallel_workers_run_each_cell_once_and_record_crashes(tmp_path: Path, 
     assert "worker process died (killed by signal 9)" in records[crash.cell_id]["error"]
 
 
+def test_sigterm_stops_a_parallel_sweep_and_its_workers_without_recording_a_failure(
+    tmp_path: Path, registry: Registry
+) -> None:
+    from sslbench.cli import Terminated, sigterm_as_interrupt
+
+    cell = plan_of(tmp_path, registry).cells[0]
+    doomed = Cell.of(RunConfig.from_dict({**cell.config.to_dict(), "seed": 8}))  # its worker SIGTERMs the sweep
+    before = signal.getsignal(signal.SIGTERM)
+    start = time.monotonic()
+    with pytest.raises(Terminated), sigterm_as_interrupt():
+        run_sweep([doomed], tmp_path / "res", tmp_path / "runs", fake_runner, workers=2)
+    assert time.monotonic() - start < 50  # the worker, sleeping for 60 s, was stopped, not waited for
+    assert calls(tmp_path / "runs") == [doomed.cell_id]
+    assert ResultsStore(tmp_path / "res").status(doomed.cell_id) != "failed"  # resumes next time
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_workers_split_cores_without_oversubscribing(monkeypatch: pytest.MonkeyPatch) -> None:
     assert worker_threads(4, cores=16) == (4, 2)
     assert worker_threads(3, cores=2) == (1, 0)
@@ -506,6 +547,25 @@ def test_cli_sweep_then_report(cli: CliRunner, tmp_path: Path) -> None:
     report = cli.invoke(cli_group(), ["report", "results/demo", "--format", "markdown"])
     assert report.exit_code == 0, report.output
     assert "| rotation/first |" in report.output and "## Failed cells" in report.output
+
+
+def test_cli_sigterm_ends_the_command_with_exit_143_and_keeps_finished_cells(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    finished: list[int] = []
+
+    def runner(config: RunConfig, workdir: Path, **kwargs: Any) -> dict[str, Any]:
+        if finished:
+            os.kill(os.getpid(), signal.SIGTERM)
+        finished.append(config.seed)
+        return fake_record(config, workdir)
+
+    monkeypatch.setattr("sslbench.sweep._default_runner", lambda: runner)
+    args = ["sweep", "--profile", "smoke", "--backbones", "tinynet", "--train-sizes", "8", "--seeds", "0,1", "--name", "t"]
+    result = cli.invoke(cli_group(), args)
+    assert result.exit_code == 143 and result.output.strip().endswith("terminated"), result.output
+    records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "t" / "cells").glob("*.json")]
+    assert [(r["seed"], r["status"]) for r in records] == [(0, "done")]
 
 
 def test_cli_bad_input_is_one_line_exit_2(cli: CliRunner, tmp_path: Path) -> None:
