@@ -335,10 +335,30 @@ def _latex_table(table: pd.DataFrame, caption: str) -> str:
     return text.replace("±", r"$\pm$")
 
 
+def compute_hours(df: pd.DataFrame) -> dict[str, float] | None:
+    """Hours the finished cells ran, by phase (None when the records carry no timings).
+
+    Sums the phases' own seconds, not ``timing.total_s``: a cell that reused a cached
+    pretraining may have waited for it, and waiting is not compute.
+    """
+    phases = {"pretrain": "timing.pretrain_s", "downstream": "timing.downstream_s", "eval": "timing.eval_s"}
+    if not all(column in df.columns for column in phases.values()):
+        return None
+    hours = {name: float(pd.to_numeric(df[column], errors="coerce").fillna(0).sum()) / 3600 for name, column in phases.items()}
+    return {**hours, "total": sum(hours.values())}
+
+
 def _header(report: Report, sources: Sequence[str]) -> list[str]:
     done = len(report.df)
     where = f"; results from {', '.join(sources)}" if sources else ""
     lines = [f"{done} finished cell(s), {len(report.failed)} failed{where}."]
+    compute = compute_hours(report.df)
+    if compute:
+        lines.append(
+            f"Compute: {compute['total']:.1f} h of run time ({compute['pretrain']:.1f} h pretext pretraining, "
+            f"{compute['downstream']:.1f} h downstream training, {compute['eval']:.1f} h evaluation); "
+            "a cached pretraining counts once."
+        )
     if report.row_keys:
         lines.append("Settings that differ between cells (in row labels): " + ", ".join(k.removeprefix("config.") for k in report.row_keys) + ".")
     return lines

@@ -18,7 +18,7 @@ from scipy import stats
 from sslbench.config import RunConfig, config_hash
 from sslbench.errors import ConfigError
 from sslbench.joints import JOINT_NAMES, PARTS
-from sslbench.report import build_report, mean_ci, paired_difference, render, resolve_cells, views, write_plots
+from sslbench.report import build_report, compute_hours, mean_ci, paired_difference, render, resolve_cells, views, write_plots
 from sslbench.results import load_results, write_record
 
 
@@ -185,6 +185,21 @@ def test_every_format_renders(results: Path) -> None:
     assert "supervised" in text and "failed cells" in text
     with pytest.raises(ConfigError, match="Did you mean 'html'"):
         render(report, "htm")
+
+
+def test_compute_sums_phase_seconds_not_time_spent_waiting(tmp_path: Path) -> None:
+    out = tmp_path / "results" / "t"
+    timings = [  # (pretrain_s, downstream_s, eval_s, total_s): the second reused the pretraining after a wait
+        (3600.0, 1800.0, 36.0, 5436.0), (0.0, 1800.0, 36.0, 5000.0), (None, 3600.0, 72.0, 3672.0),
+    ]
+    for seed, (pretrain, downstream, evaluation, total) in enumerate(timings):
+        record = make_record(tmp_path, "rotation/first" if pretrain is not None else "supervised", seed, 50.0, 100)
+        record["timing"] = {"pretrain_s": pretrain, "downstream_s": downstream, "eval_s": evaluation, "total_s": total}
+        write_record(out, record)
+    df = load_results(out, warn=quiet)
+    assert compute_hours(df) == pytest.approx({"pretrain": 1.0, "downstream": 2.0, "eval": 0.04, "total": 3.04})
+    assert "Compute: 3.0 h of run time (1.0 h pretext pretraining, 2.0 h downstream" in render(build_report(df), "markdown")
+    assert compute_hours(df.drop(columns=["timing.eval_s"])) is None
 
 
 def test_plots_are_valid_pngs_with_curves_of_the_best_cells(results: Path, tmp_path: Path) -> None:
