@@ -59,6 +59,12 @@ class TrainSettings:
                 raise ConfigError(f"{section}: {message}")
 
 
+#: RunConfig fields added after results were first recorded, with the value that reproduces
+#: the behaviour from before them. :meth:`RunConfig.identity` leaves them out at that value, so
+#: the cell ids of earlier records stay valid. A new field goes here, with that value.
+LATER_FIELDS: dict[str, Any] = {"transfer_lr": 1.0}
+
+
 @dataclass
 class RunConfig:
     """Everything that determines one run: pretraining, transfer, downstream training, evaluation."""
@@ -83,6 +89,9 @@ class RunConfig:
     # transfer
     policy: str = "none"
     freeze: bool = False
+    #: learning-rate multiplier of the transferred layers when they are fine-tuned (1: the rate
+    #: of the rest of the network; between frozen, 0, and plain fine-tuning)
+    transfer_lr: float = 1.0
     # downstream pose estimation
     data: str = "synthetic"
     root: str | None = None
@@ -96,6 +105,19 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The config as :attr:`cell_id` hashes it: :data:`LATER_FIELDS` at their defaults are left out."""
+        data = self.to_dict()
+        for name, default in LATER_FIELDS.items():
+            if data[name] == default:
+                del data[name]
+        return data
+
+    @property
+    def cell_id(self) -> str:
+        """Hash of the full config: the name of the run's directory and result record."""
+        return config_hash(self.identity())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
@@ -154,6 +176,13 @@ class RunConfig:
             raise ConfigError(f"loss_scale must be mean or sum, got {self.loss_scale!r}")
         if self.freeze and self.policy == "none":
             raise ConfigError("--freeze needs a transfer policy other than none")
+        if not self.transfer_lr > 0:
+            raise ConfigError(f"transfer_lr must be > 0, got {self.transfer_lr!r} (freeze layers with POLICY:frozen)")
+        if self.transfer_lr != 1.0 and (self.freeze or self.policy == "none"):
+            raise ConfigError(
+                f"transfer_lr {self.transfer_lr} scales the learning rate of fine-tuned transferred layers, "
+                f"and policy {self.policy}{':frozen' if self.freeze else ''} fine-tunes none"
+            )
 
 
 def _settings_from_dict(data: dict[str, Any], section: str) -> TrainSettings:

@@ -109,6 +109,7 @@ class Backbone(nn.Module, ABC):
         self.input_size = input_size
         self.stride = stride
         self._frozen: set[str] = set()
+        self._lr_scales: dict[str, float] = {}
 
     @abstractmethod
     def forward(self, image: torch.Tensor, centermap: torch.Tensor | None = None) -> list[torch.Tensor]: ...
@@ -141,6 +142,17 @@ class Backbone(nn.Module, ABC):
     @property
     def frozen(self) -> frozenset[str]:
         return frozenset(self._frozen)
+
+    def scale_lr(self, module_paths: list[str], factor: float) -> None:
+        """Train these submodules at *factor* times the learning rate (see :attr:`lr_scales`)."""
+        for path in module_paths:
+            self.get_submodule(path)  # a wrong path fails here, not in the optimiser
+            self._lr_scales[path] = float(factor)
+
+    @property
+    def lr_scales(self) -> dict[str, float]:
+        """Module path -> learning-rate multiplier; other parameters train at the plain rate."""
+        return dict(self._lr_scales)
 
     def train(self, mode: bool = True) -> "Backbone":
         super().train(mode)

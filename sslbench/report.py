@@ -39,7 +39,11 @@ _NOT_DISTINGUISHING = {
     "config.seed", "config.train_size", "config.pretext", "config.policy", "config.freeze",
     "config.root", "config.pretext_root",
 }  # fmt: skip
-_PRETEXT_ONLY = ("config.pretext_options.", "config.pretrain.", "config.pretext_data", "config.pretext_images", "config.pretrain_seed")
+#: settings that supervised cells do not have (pretraining and transfer)
+_PRETEXT_ONLY = (
+    "config.pretext_options.", "config.pretrain.", "config.pretext_data", "config.pretext_images",
+    "config.pretrain_seed", "config.transfer_lr",
+)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------- math

@@ -22,7 +22,7 @@ Columns of ``results.csv`` / :func:`load_results` (one row per cell; PCK and AUC
 ==============================  =====================================================================
 column                          meaning
 ==============================  =====================================================================
-``cell_id``                     hash of the full run config (``config_hash(config)``); the record's file name
+``cell_id``                     hash of the full run config (``RunConfig.cell_id``); the record's file name
 ``status``                      ``done`` or ``failed`` (failed cells have no metrics)
 ``error``                       why a failed cell failed (empty when done)
 ``strategy``                    ``supervised`` or ``<pretext>/<policy>`` plus ``:frozen`` when transferred layers were frozen
@@ -88,6 +88,7 @@ import filelock
 import pandas as pd
 
 from sslbench.atomic import write_bytes, write_text
+from sslbench.config import LATER_FIELDS
 from sslbench.errors import DataError
 from sslbench.joints import JOINT_NAMES, PARTS
 
@@ -192,6 +193,9 @@ def records_dataframe(records: list[dict[str, Any]], sources: list[str] | None =
     df = df.rename(columns=_column_name)
     if sources is not None:
         df["source"] = sources
+    for name, default in LATER_FIELDS.items():  # records from before a field ran with its old behaviour
+        column = f"config.{name}"
+        df[column] = df[column].fillna(default) if column in df.columns else default
     # derived identification columns, from the config when the record lacks them
     for column in ("pretext", "policy", "freeze", "backbone", "profile", "data", "protocol", "pretext_data"):
         if f"config.{column}" in df.columns:

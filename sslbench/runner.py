@@ -40,10 +40,6 @@ from sslbench.transfer import transfer
 RECORD_SCHEMA = 1
 
 
-def cell_id(config: RunConfig) -> str:
-    return config_hash(config.to_dict())
-
-
 def open_dataset(
     registry: Registry, name: str, root: str | None, options: dict[str, Any], option: str
 ) -> ImageDataset:
@@ -79,7 +75,7 @@ def run_cell(
     console = console or Console(quiet=True)
     registry = registry or default_registry()
     config.validate()
-    cid = cell_id(config)
+    cid = config.cell_id
     run_dir = Path(workdir) / "cells" / cid
     result_path = run_dir / "result.json"
     if resume and result_path.exists():
@@ -109,7 +105,7 @@ def run_cell(
     pose = PoseTask(sigma=config.sigma, loss_scale=config.loss_scale)
     model = build_backbone(registry, config, pose.num_outputs)
     if pretrained is not None:
-        report = transfer(pretrained["state"], model, policy, config.freeze)
+        report = transfer(pretrained["state"], model, policy, config.freeze, config.transfer_lr)
         console.print(report.table())
     geometry = Geometry(model.input_size, model.stride)
     train_set, val_set = train_and_val(data, splits, pose, geometry, config.seed, config.downstream)

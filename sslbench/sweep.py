@@ -268,7 +268,7 @@ class Cell:
 
     @classmethod
     def of(cls, config: RunConfig) -> "Cell":
-        return cls(config_hash(config.to_dict()), config)
+        return cls(config.cell_id, config)
 
     @property
     def pretrain_key(self) -> str | None:
@@ -428,6 +428,8 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
             for key in ("pretext_options", "pretext_data", "pretext_root", "pretext_images", "pretrain",
                         "pretrain_seed", "pretext_data_options"):  # fmt: skip
                 fields[key] = profile.to_dict()[key]
+        if pretext == "none" or freeze:  # transfer_lr scales fine-tuned transferred layers; these have none
+            fields["transfer_lr"] = profile.transfer_lr
         config = RunConfig.from_dict(fields)
         try:
             config.validate()

@@ -183,8 +183,24 @@ def prepare_model(model: nn.Module, device: torch.device, settings: TrainSetting
 # -------------------------------------------------------------------- optimiser, schedule
 
 
-def make_optimizer(params: list[nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
-    """SGD (momentum, L2 decay), Adam (L2 decay) or AdamW (decoupled decay) over *params*."""
+def parameter_groups(model: nn.Module, lr: float) -> list[dict[str, Any]]:
+    """The trainable parameters as optimiser groups: one at *lr*, one per :attr:`Backbone.lr_scales` factor.
+
+    A parameter takes the factor of the longest module path that contains it. The plain
+    group comes first (its rate is the one logged); groups without parameters are left out.
+    """
+    scales = model.lr_scales if isinstance(model, Backbone) else {}
+    paths = sorted(scales, key=len, reverse=True)
+    groups: dict[float, list[nn.Parameter]] = {1.0: []}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            path = next((p for p in paths if name.startswith(p + ".")), None)
+            groups.setdefault(scales[path] if path is not None else 1.0, []).append(parameter)
+    return [{"params": params, "lr": lr * factor} for factor, params in groups.items() if params]
+
+
+def make_optimizer(params: list[nn.Parameter] | list[dict[str, Any]], settings: TrainSettings) -> torch.optim.Optimizer:
+    """SGD (momentum, L2 decay), Adam (L2 decay) or AdamW (decoupled decay) over *params* (or groups)."""
     if settings.optimizer == "sgd":
         return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     if settings.optimizer == "adam":
@@ -429,6 +445,7 @@ def _fit_key(
             "task": task.config(),
             "backbone": model.config() if isinstance(model, Backbone) else type(model).__name__,
             "frozen": sorted(model.frozen) if isinstance(model, Backbone) else [],
+            **({"lr_scales": model.lr_scales} if isinstance(model, Backbone) and model.lr_scales else {}),
             "settings": relevant,
             "seed": seed,
             "train": config_hash([train_set.indices, train_set.limit]),
@@ -525,7 +542,7 @@ def fit(
     torch.manual_seed(seed)
     channels_last = prepare_model(model, device, settings)
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = parameter_groups(model, settings.lr)
     if not params:
         raise ConfigError("nothing to train: every parameter of the backbone is frozen")
     optimizer = make_optimizer(params, settings)

@@ -7,6 +7,8 @@ Task adapters (:meth:`Backbone.adapters`, whose shapes depend on the number of o
 are never copied: they keep their fresh initialisation. With ``freeze`` the copied
 modules stop receiving gradients and stay in eval mode (:meth:`Backbone.freeze`), so
 their weights and normalisation statistics are bit-identical after downstream training.
+With ``lr_scale`` the fine-tuned copies train at that multiple of the learning rate
+(:meth:`Backbone.scale_lr`; ``RunConfig.transfer_lr``).
 
 Policy syntax on the command line: ``NAME`` (fine-tune), ``NAME:frozen`` or
 ``NAME:finetune`` (:func:`parse_policy`), e.g. ``--policy first+middle:frozen``.
@@ -80,6 +82,8 @@ class TransferReport:
     other_parameters: int = 0
     #: every state-dict key copied from the pretrained weights
     copied: tuple[str, ...] = field(default=(), repr=False)
+    #: learning-rate multiplier of the transferred groups when fine-tuned
+    lr_scale: float = 1.0
 
     @property
     def total_parameters(self) -> int:
@@ -102,6 +106,7 @@ class TransferReport:
         return {
             "policy": self.policy,
             "freeze": self.freeze,
+            "lr_scale": self.lr_scale,
             "groups": [{**asdict(g), "modules": list(g.modules)} for g in self.groups],
             "adapters": [asdict(a) for a in self.adapters],
             "other_parameters": self.other_parameters,
@@ -124,6 +129,8 @@ class TransferReport:
         for group in self.groups:
             init = "pretrained" if group.transferred else "random"
             training = "frozen" if group.frozen else ("fine-tuned" if group.transferred else "trained")
+            if group.transferred and not group.frozen and self.lr_scale != 1.0:
+                training += f" (lr x{self.lr_scale:g})"
             style = "cyan" if group.frozen else ("green" if group.transferred else None)
             table.add_row(
                 group.name, group.role, ", ".join(group.modules), f"{group.parameters:,}", init, training, style=style
@@ -157,9 +164,11 @@ def _under(key: str, paths: list[str]) -> bool:
 
 
 def transfer(
-    source_state: dict[str, torch.Tensor], target: Backbone, policy: TransferPolicy, freeze: bool
+    source_state: dict[str, torch.Tensor], target: Backbone, policy: TransferPolicy, freeze: bool,
+    lr_scale: float = 1.0,
 ) -> TransferReport:
-    """Copy the groups *policy* selects from *source_state* into *target*; freeze them if asked.
+    """Copy the groups *policy* selects from *source_state* into *target*; freeze them if asked,
+    else train them at *lr_scale* times the learning rate.
 
     *source_state* is the pretrained backbone's ``state_dict()``. Every parameter and
     buffer of every selected group's modules is copied, adapters never. A missing key or
@@ -200,9 +209,11 @@ def transfer(
         for _, tensor, source in updates:
             tensor.copy_(source)  # state_dict() tensors share storage with the module's
 
-    frozen_paths = [path for group in selected for path in group.modules] if freeze else []
-    if frozen_paths:
-        target.freeze(frozen_paths)
+    copied_paths = [path for group in selected for path in group.modules]
+    if freeze:
+        target.freeze(copied_paths)
+    elif lr_scale != 1.0:
+        target.scale_lr(copied_paths, lr_scale)
 
     seen: set[int] = set()  # adapters counted first, so a group never counts an adapter's weights
     adapter_info = [AdapterInfo(path, _parameter_count(target, [path], seen)) for path in adapters]
@@ -229,4 +240,5 @@ def transfer(
         adapters=tuple(adapter_info),
         other_parameters=other,
         copied=tuple(key for key, _, _ in updates),
+        lr_scale=float(lr_scale),
     )

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 from scipy import stats
 
-from sslbench.config import RunConfig, config_hash
+from sslbench.config import RunConfig
 from sslbench.errors import ConfigError
 from sslbench.joints import JOINT_NAMES, PARTS
 from sslbench.report import build_report, compute_hours, mean_ci, paired_difference, render, resolve_cells, views, write_plots
@@ -31,7 +31,7 @@ def make_record(tmp_path: Path, strategy: str, seed: int, pck: float, train_size
         policy, _, mode = rest.partition(":")
         freeze = mode == "frozen"
     config = RunConfig(seed=seed, pretext=pretext, policy=policy, freeze=freeze, train_size=train_size, backbone=backbone)
-    cid = config_hash(config.to_dict())
+    cid = config.cell_id
     curves_path = tmp_path / "runs" / cid / "metrics.jsonl"
     if curves:
         curves_path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,6 +141,23 @@ def test_baseline_is_matched_on_other_settings_that_vary(tmp_path: Path) -> None
     for backbone in ("cpm3", "cpm6"):
         row = summary_row(report, f"rotation/all [backbone={backbone}]", 100)
         assert row["diff"] == pytest.approx(3.5) and row["n_pairs"] == 2  # never compared across backbones
+
+
+def test_transfer_lr_labels_rows_and_records_from_before_it_read_as_plain_fine_tuning(tmp_path: Path) -> None:
+    out = tmp_path / "res"
+    for seed in (0, 1):
+        write_record(out, make_record(tmp_path, "supervised", seed, 50.0 + seed))
+        old = make_record(tmp_path, "rotation/all", seed, 52.0 + seed)
+        del old["config"]["transfer_lr"]  # written before the field existed
+        write_record(out, old)
+        slower = make_record(tmp_path, "rotation/all", seed, 55.0 + seed)
+        slower["config"]["transfer_lr"] = 0.1
+        slower["cell_id"] = RunConfig.from_dict(slower["config"]).cell_id
+        write_record(out, slower)
+    report = build_report(load_results(out, warn=quiet))
+    assert set(report.rows) == {"supervised", "rotation/all [transfer_lr=1.0]", "rotation/all [transfer_lr=0.1]"}
+    assert summary_row(report, "rotation/all [transfer_lr=0.1]", 100)["diff"] == pytest.approx(5.0)
+    assert summary_row(report, "rotation/all [transfer_lr=1.0]", 100)["n_pairs"] == 2  # paired with supervised
 
 
 def test_unknown_metric_is_a_config_error_with_suggestion(results: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from sslbench.config import RunConfig, config_hash
+from sslbench.config import RunConfig
 from sslbench.errors import DataError
 from sslbench.joints import JOINT_NAMES, PARTS
 from sslbench.results import ResultsStore, load_results, read_record, write_record
@@ -26,7 +26,7 @@ def record(seed: int = 0, pretext: str = "none", policy: str = "none", freeze: b
     """A complete schema-1 record of the shape the runner writes."""
     config = RunConfig(seed=seed, pretext=pretext, policy=policy, freeze=freeze, train_size=train_size)
     return {
-        "schema": 1, "cell_id": config_hash(config.to_dict()), "status": status,
+        "schema": 1, "cell_id": config.cell_id, "status": status,
         "error": None if status == "done" else "RuntimeError: boom", "strategy": config.strategy,
         "config": config.to_dict(), "seed": seed, "train_size": train_size,
         "metrics": {} if status != "done" else {

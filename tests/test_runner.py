@@ -11,8 +11,9 @@ from click.testing import CliRunner
 
 from sslbench.checkpoint import load_checkpoint
 from sslbench.cli import main
-from sslbench.config import profile_config, set_path
-from sslbench.runner import cell_id, run_cell
+from sslbench.config import LATER_FIELDS, RunConfig, profile_config, set_path
+from sslbench.errors import ConfigError
+from sslbench.runner import run_cell
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +56,7 @@ def test_supervised_run_writes_a_complete_record(tmp_path: Path):
     assert record["timing"]["pretrain_s"] == 0.0
     assert record["env"]["torch"] == torch.__version__
     # the stored config reproduces the cell id
-    assert record["cell_id"] == cell_id(type(profile_config("smoke")).from_dict(record["config"]))
+    assert record["cell_id"] == type(profile_config("smoke")).from_dict(record["config"]).cell_id
 
 
 def test_pretraining_is_cached_and_reused_across_policies(tmp_path: Path):
@@ -115,3 +116,53 @@ def test_bad_options_are_one_line_errors(tmp_path: Path, args: list[str], messag
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+#: The default config as recorded before transfer_lr existed, and its cell id then.
+EARLIER_RECORD_CONFIG = json.loads(
+    '{"profile": "cpu", "seed": 0, "backbone": "cpm6", "backbone_options": {}, "pretext": "none", '
+    '"pretext_options": {}, "pretext_data": "synthetic-unlabelled", "pretext_root": null, "pretext_data_options": {}, '
+    '"pretext_images": null, "pretrain": {"epochs": 30, "batch_size": 16, "optimizer": "adam", "lr": 0.001, '
+    '"momentum": 0.9, "weight_decay": 0.0, "schedule": "cosine", "warmup_epochs": 0, "patience": 0, '
+    '"samples_per_epoch": null, "val_samples": null, "num_workers": 1, "precision": "auto", "channels_last": true, '
+    '"device": "auto"}, "pretrain_seed": null, "policy": "none", "freeze": false, "data": "synthetic", "root": null, '
+    '"data_options": {}, "protocol": "standard", "train_size": null, "sigma": 1.0, "loss_scale": "mean", '
+    '"downstream": {"epochs": 30, "batch_size": 16, "optimizer": "adam", "lr": 0.001, "momentum": 0.9, '
+    '"weight_decay": 0.0, "schedule": "cosine", "warmup_epochs": 0, "patience": 0, "samples_per_epoch": null, '
+    '"val_samples": null, "num_workers": 1, "precision": "auto", "channels_last": true, "device": "auto"}}'
+)
+
+
+def test_fields_added_later_keep_the_cell_ids_of_earlier_records() -> None:
+    # A failure here means a RunConfig change renamed every recorded cell (a sweep would run them
+    # all again): put the new field in LATER_FIELDS with the value that reproduces the old behaviour.
+    config = RunConfig.from_dict(EARLIER_RECORD_CONFIG)
+    assert config.cell_id == "45c265c16105"
+    assert set(LATER_FIELDS) == set(config.to_dict()) - set(EARLIER_RECORD_CONFIG)
+    finetuned = RunConfig.from_dict({**EARLIER_RECORD_CONFIG, "pretext": "rotation", "policy": "first"})
+    slower = RunConfig.from_dict({**finetuned.to_dict(), "transfer_lr": 0.1})
+    assert slower.cell_id != finetuned.cell_id and "transfer_lr" in slower.identity()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"pretext": "rotation", "policy": "first", "transfer_lr": 0.0}, "transfer_lr must be > 0"),
+        ({"pretext": "rotation", "policy": "first", "freeze": True, "transfer_lr": 0.1}, "policy first:frozen fine-tunes none"),
+        ({"transfer_lr": 0.1}, "policy none fine-tunes none"),
+    ],
+)
+def test_transfer_lr_needs_fine_tuned_transferred_layers(fields: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(**fields).validate()
+
+
+def test_transfer_lr_reaches_the_optimiser_of_the_downstream_run(tmp_path: Path):
+    args = ["--pretext", "rotation", "--policy", "first", "--set", "transfer_lr=0.5"]
+    result = run_cli("run", *TINY, *args, "--workdir", str(tmp_path / "runs"), "--results", str(tmp_path / "res"))
+    assert result.exit_code == 0, result.output
+    assert "(lr x0.5)" in result.output  # the transfer table, training column
+    config = tiny_config(pretext="rotation", policy="first", transfer_lr=0.5)
+    last = load_checkpoint(tmp_path / "runs" / "cells" / config.cell_id / "downstream" / "last")
+    base = config.downstream.lr
+    assert [g["initial_lr"] for g in last.optimizer["param_groups"]] == pytest.approx([base, base * 0.5])

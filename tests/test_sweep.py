@@ -140,7 +140,7 @@ def registry() -> Registry:
 
 def fake_record(config: RunConfig, workdir: Path) -> dict[str, Any]:
     """What a runner returns, with metrics derived from the config (no training)."""
-    cid = config_hash(config.to_dict())
+    cid = config.cell_id
     run_dir = Path(workdir) / "cells" / cid
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 1.0, "val_loss": 1.2}) + "\n")
@@ -162,7 +162,7 @@ def fake_record(config: RunConfig, workdir: Path) -> dict[str, Any]:
 def _log_call(workdir: Path, config: RunConfig) -> None:
     Path(workdir).mkdir(parents=True, exist_ok=True)
     with open(Path(workdir) / "calls.txt", "a") as handle:
-        handle.write(config_hash(config.to_dict()) + "\n")
+        handle.write(config.cell_id + "\n")
 
 
 def fake_runner(config: RunConfig, workdir: Path, *, resume: bool = True, console: Any = None) -> dict[str, Any]:
@@ -311,6 +311,15 @@ def test_supervised_cells_do_not_depend_on_pretext_settings(tmp_path: Path, regi
     assert all(c.config.pretrain.epochs == 4 for c in other.cells if c.config.pretext != "none")
 
 
+def test_transfer_lr_applies_to_fine_tuned_cells_only(tmp_path: Path, registry: Registry) -> None:
+    plain = plan_of(tmp_path, registry)
+    slower = plan_of(tmp_path, registry, SPEC.replace("[set]", "[set]\ntransfer_lr = 0.5"))
+    fine_tuned = {c.cell_id for c in slower.cells if c.config.pretext != "none" and not c.config.freeze}
+    assert fine_tuned and all(c.config.transfer_lr == 0.5 for c in slower.cells if c.cell_id in fine_tuned)
+    others = {c.cell_id for c in slower.cells} - fine_tuned  # supervised and frozen: the same cells as before
+    assert others == {c.cell_id for c in plain.cells if c.config.pretext == "none" or c.config.freeze}
+
+
 def test_sweep_name_must_be_a_plain_directory_name(registry: Registry) -> None:
     with pytest.raises(ConfigError, match="not a usable directory name"):
         expand(SweepSpec(name="../elsewhere"), registry)
@@ -322,7 +331,7 @@ def test_cell_ids_are_config_hashes_and_stable(tmp_path: Path, registry: Registr
     second = plan_of(tmp_path, registry, reordered)
     assert sorted(c.cell_id for c in first.cells) == sorted(c.cell_id for c in second.cells)
     for cell in first.cells:
-        assert cell.cell_id == config_hash(cell.config.to_dict())
+        assert cell.cell_id == config_hash(cell.config.identity())
         assert Cell.of(RunConfig.from_dict(cell.config.to_dict())).cell_id == cell.cell_id
 
 
@@ -386,7 +395,7 @@ class CountingRunner:
 
     def __call__(self, config: RunConfig, workdir: Path, *, resume: bool = True, console: Any = None) -> dict[str, Any]:
         assert resume is True
-        self.calls.append(config_hash(config.to_dict()))
+        self.calls.append(config.cell_id)
         if config.seed in self.fail_seeds:
             raise ValueError("--train-size 16 is larger than the training pool (12 images)")
         return fake_record(config, workdir)

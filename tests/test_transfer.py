@@ -230,6 +230,35 @@ def test_fine_tuned_layers_change_with_training(registry, policy_name):
     assert report.frozen_parameters == 0 and target.frozen == frozenset()
 
 
+@pytest.mark.parametrize("policy_name", ["first", "first+middle"])
+def test_transfer_lr_trains_the_fine_tuned_copies_at_that_multiple_of_the_rate(registry, policy_name):
+    from sslbench.config import TrainSettings
+    from sslbench.train import make_optimizer, parameter_groups
+
+    target = TinyNet(3)
+    report = transfer(randomised(TinyNet(3), 1).state_dict(), target, registry.create("policy", policy_name), False, 0.1)
+    paths = selected_paths(target, policy_name)
+    assert target.lr_scales == dict.fromkeys(paths, 0.1) and report.lr_scale == 0.1
+    console = Console(record=True, width=160)
+    console.print(report.table())
+    assert "fine-tuned (lr x0.1)" in console.export_text()
+    groups = parameter_groups(target, lr=0.01)
+    assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.001])
+    scaled = {id(p) for path in paths for p in target.get_submodule(path).parameters()}
+    assert {id(p) for p in groups[1]["params"]} == scaled
+    assert sum(len(g["params"]) for g in groups) == len(list(target.parameters()))
+    # Adam's first step moves every parameter by about its rate: the copies 10x less
+    optimizer = make_optimizer(groups, TrainSettings(optimizer="adam", lr=0.01))
+    before = {name: p.detach().clone() for name, p in target.named_parameters()}
+    target(torch.randn(2, 3, 16, 16))[-1].square().mean().backward()
+    optimizer.step()
+    steps = {True: 0.0, False: 0.0}  # largest step of a copied / another parameter
+    for name, parameter in target.named_parameters():
+        step = (parameter.detach() - before[name]).abs().max().item()
+        steps[id(parameter) in scaled] = max(steps[id(parameter) in scaled], step)
+    assert steps == pytest.approx({True: 0.001, False: 0.01}, rel=0.01)
+
+
 # ------------------------------------------------------------------------------ report
 
 
