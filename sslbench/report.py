@@ -40,7 +40,7 @@ _NOT_DISTINGUISHING = {
     "config.root", "config.pretext_root",
 }  # fmt: skip
 #: settings that supervised cells do not have (pretraining and transfer)
-_PRETEXT_ONLY = (
+_NOT_SUPERVISED = (
     "config.pretext_options.", "config.pretrain.", "config.pretext_data", "config.pretext_images",
     "config.pretrain_seed", "config.transfer_lr",
 )  # fmt: skip
@@ -124,8 +124,8 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def _pretext_only(column: str) -> bool:
-    return column.startswith(_PRETEXT_ONLY)
+def _not_supervised(column: str) -> bool:
+    return column.startswith(_NOT_SUPERVISED)
 
 
 def _distinguishing(df: pd.DataFrame) -> list[str]:
@@ -135,7 +135,7 @@ def _distinguishing(df: pd.DataFrame) -> list[str]:
     for column in sorted(c for c in df.columns if c.startswith("config.")):
         if column in _NOT_DISTINGUISHING or column.endswith((".num_workers", ".device")):
             continue
-        values = df.loc[~supervised, column] if _pretext_only(column) else df[column]
+        values = df.loc[~supervised, column] if _not_supervised(column) else df[column]
         if values.map(_hashable).nunique(dropna=False) > 1:
             keys.append(column)
     return keys
@@ -145,7 +145,7 @@ def _row_label(row: pd.Series, keys: list[str]) -> str:
     extra = [
         f"{k.removeprefix('config.')}={_hashable(row[k])}"
         for k in keys
-        if not (row["strategy"] == BASELINE and _pretext_only(k))
+        if not (row["strategy"] == BASELINE and _not_supervised(k))
     ]
     return f"{row['strategy']} [{', '.join(extra)}]" if extra else str(row["strategy"])
 
@@ -171,7 +171,7 @@ def build_report(df: pd.DataFrame, metric: str = "pck@0.2") -> Report:
         raise ConfigError(f"no finished cell has a value for {metric!r} ({len(failed)} failed cell(s))")
     keys = _distinguishing(done)
     done["row"] = [_row_label(row, keys) for _, row in done.iterrows()]
-    pair_keys = [k for k in keys if not _pretext_only(k)]
+    pair_keys = [k for k in keys if not _not_supervised(k)]
     for key in pair_keys:  # as text, so that missing values (None) match each other too
         done[f"_pair:{key}"] = done[key].map(lambda v: json.dumps(_hashable(v), sort_keys=True, default=str))
     pair_columns = [f"_pair:{k}" for k in pair_keys]
