@@ -155,9 +155,9 @@ def test_transfer_lr_labels_rows_and_records_from_before_it_read_as_plain_fine_t
         slower["cell_id"] = RunConfig.from_dict(slower["config"]).cell_id
         write_record(out, slower)
     report = build_report(load_results(out, warn=quiet))
-    assert set(report.rows) == {"supervised", "rotation/all [transfer_lr=1.0]", "rotation/all [transfer_lr=0.1]"}
+    assert set(report.rows) == {"supervised", "rotation/all", "rotation/all [transfer_lr=0.1]"}  # the default unlabelled
     assert summary_row(report, "rotation/all [transfer_lr=0.1]", 100)["diff"] == pytest.approx(5.0)
-    assert summary_row(report, "rotation/all [transfer_lr=1.0]", 100)["n_pairs"] == 2  # paired with supervised
+    assert summary_row(report, "rotation/all", 100)["n_pairs"] == 2  # paired with supervised
 
 
 def test_unknown_metric_is_a_config_error_with_suggestion(results: Path) -> None:
