@@ -65,6 +65,11 @@ class TrainSettings:
 LATER_FIELDS: dict[str, Any] = {"transfer_lr": 1.0}
 
 
+def at_later_default(name: str, value: Any) -> bool:
+    """Whether *name* is one of :data:`LATER_FIELDS` and *value* its old-behaviour default."""
+    return name in LATER_FIELDS and value == LATER_FIELDS[name]
+
+
 @dataclass
 class RunConfig:
     """Everything that determines one run: pretraining, transfer, downstream training, evaluation."""
@@ -108,11 +113,7 @@ class RunConfig:
 
     def identity(self) -> dict[str, Any]:
         """The config as :attr:`cell_id` hashes it: :data:`LATER_FIELDS` at their defaults are left out."""
-        data = self.to_dict()
-        for name, default in LATER_FIELDS.items():
-            if data[name] == default:
-                del data[name]
-        return data
+        return {name: value for name, value in self.to_dict().items() if not at_later_default(name, value)}
 
     @property
     def cell_id(self) -> str:

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from sslbench.config import LATER_FIELDS
+from sslbench.config import at_later_default
 from sslbench.errors import ConfigError
 from sslbench.joints import PARTS
 
@@ -144,12 +144,12 @@ def _distinguishing(df: pd.DataFrame) -> list[str]:
 
 def _row_label(row: pd.Series, keys: list[str]) -> str:
     """The strategy plus the settings that tell its cells apart; a later field at its default
-    (:data:`~sslbench.config.LATER_FIELDS`) is left out, so adding one keeps earlier row names."""
+    (:func:`~sslbench.config.at_later_default`) is left out, so adding one keeps earlier row names."""
     extra = [
         f"{k.removeprefix('config.')}={_hashable(row[k])}"
         for k in keys
         if not (row["strategy"] == BASELINE and _not_supervised(k))
-        and not (k.removeprefix("config.") in LATER_FIELDS and row[k] == LATER_FIELDS[k.removeprefix("config.")])
+        and not at_later_default(k.removeprefix("config."), row[k])
     ]
     return f"{row['strategy']} [{', '.join(extra)}]" if extra else str(row["strategy"])
 

@@ -357,7 +357,8 @@ def test_parallel_workers_do_not_queue_behind_a_pretraining_in_progress(tmp_path
     head = shared[0]
     assert next_cell(shared, running=[first]) is head and head not in shared
     supervised = collections.deque(c for c in plan.cells if c.pretrain_key is None)
-    assert next_cell(supervised, running=[first]) is not None and len(supervised) == 3
+    supervised_head = supervised[0]
+    assert next_cell(supervised, running=[first]) is supervised_head and len(supervised) == 3
 
 
 def test_shards_are_disjoint_cover_all_cells_and_keep_pretrainings_together(tmp_path: Path, registry: Registry) -> None:
