@@ -92,8 +92,9 @@ def _status_of(results: Path, workdir: Path, cell_id: str) -> str:
 
 
 def print_plan(plan: Plan, results: Path, workdir: Path, console: Console, estimates: dict[str, float | None] | None,
-               sources: dict[str, str], shard: str | None) -> None:  # fmt: skip
-    """The dry-run view: cells, the pretrainings they share, pruned combinations, time estimate."""
+               sources: dict[str, str], shard: str | None, cached: set[str]) -> None:  # fmt: skip
+    """The dry-run view: cells, the pretrainings they share (*cached*: keys already trained), pruned
+    combinations, time estimate."""
     from sslbench.sweep import format_seconds
 
     groups = plan.pretrainings()
@@ -123,11 +124,13 @@ def print_plan(plan: Plan, results: Path, workdir: Path, console: Console, estim
         console.print(plan.description, highlight=False)
     if groups:
         shared = Table(title="pretext pretrainings (each trained once, reused by its cells)", title_justify="left")
-        for column in ("", "key", "pretext", "backbone", "pretext data", "seed", "cells"):
+        for column in ("", "key", "pretext", "backbone", "pretext data", "seed", "cells", "status"):
             shared.add_column(column, no_wrap=column in ("key", "pretext"))
         for key, cells in groups.items():
             c = cells[0].config
-            shared.add_row(short[key], key, c.pretext, c.backbone, c.pretext_data, str(c.seed), str(len(cells)))
+            status = "cached" if key in cached else "to train"
+            shared.add_row(short[key], key, c.pretext, c.backbone, c.pretext_data, str(c.pretraining_seed),
+                           str(len(cells)), status)  # fmt: skip
         console.print(shared)
     if plan.pruned:
         console.print("[bold]pruned combinations[/]:")
@@ -136,7 +139,7 @@ def print_plan(plan: Plan, results: Path, workdir: Path, console: Console, estim
     counts = {s: sum(1 for v in statuses.values() if v == s) for s in ("done", "failed", "started", "new")}
     console.print(
         f"{len(plan.cells)} cells: {counts['done']} done, {counts['failed']} failed, {counts['started']} started, "
-        f"{counts['new']} new; {len(groups)} pretext pretraining(s)",
+        f"{counts['new']} new; {len(groups)} pretext pretraining(s), {len(cached)} cached in {workdir}",
         highlight=False,
     )
     if estimates is not None:
@@ -187,7 +190,8 @@ def sweep_command(spec_path: Path | None, results_dir: Path | None, workdir: Pat
 
         sslbench sweep benchmarks/example-synthetic.toml --dry-run
     """
-    from sslbench.sweep import Estimator, expand, parse_shard, run_sweep, shard_cells, worker_threads
+    from sslbench.sweep import (Estimator, cached_pretrainings, expand, parse_shard, run_sweep, shard_cells,
+                                worker_threads)  # fmt: skip
 
     console, err = Console(), Console(stderr=True)
     shard_of = parse_shard(shard) if shard else None
@@ -197,11 +201,12 @@ def sweep_command(spec_path: Path | None, results_dir: Path | None, workdir: Pat
     if shard_of:
         plan = dataclasses.replace(plan, cells=shard_cells(plan.cells, *shard_of))
     results = results_dir or Path("results") / plan.name
+    cached = cached_pretrainings(plan.cells, workdir)
     if dry_run:
         estimator = Estimator(registry, results, measure=True)
         with console.status("estimating throughput..."):
-            estimates = estimator.estimates(plan.cells)
-        print_plan(plan, results, workdir, console, estimates, estimator.sources, shard)
+            estimates = estimator.estimates(plan.cells, cached)
+        print_plan(plan, results, workdir, console, estimates, estimator.sources, shard, cached)
         return
     if plan.pruned:
         err.print("pruned: " + "; ".join(f"{c} ({r})" for c, r in plan.pruned), highlight=False, soft_wrap=True)
@@ -211,7 +216,7 @@ def sweep_command(spec_path: Path | None, results_dir: Path | None, workdir: Pat
         threads, loaders = worker_threads(workers)
         parallel = f", {workers} worker processes x {threads} thread(s), at most {loaders} loader process(es) each"
     console.print(f"sweep {plan.name}: {len(plan.cells)} cells{where}{parallel}; results in {results}", highlight=False)
-    estimates = Estimator(registry, results, measure=False).estimates(plan.cells)
+    estimates = Estimator(registry, results, measure=False).estimates(plan.cells, cached)
     outcome = run_sweep(
         plan.cells, results, workdir, workers=workers, retry_failed=retry_failed, name=plan.name,
         console=console, estimates=estimates, warn=_warner(err),

@@ -6,12 +6,14 @@ at the same budget pairs runs by seed (same training subset, same initialisation
 and is tested with a paired t-test (:func:`scipy.stats.ttest_rel`). Rows are strategies
 (pretext x policy x mode) as plugins name them: only ``supervised`` is special, as the
 baseline. When other settings vary between cells (another backbone, other options),
-they are added to the row label and the baseline is matched on them too.
+they are added to the row label, unless at their profile's default, and the baseline is
+matched on them too (pretraining settings excepted: supervised cells have none).
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import html
 import io
 import json
@@ -27,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from sslbench.config import at_later_default
+from sslbench.config import at_later_default, profile_config
 from sslbench.errors import ConfigError
 from sslbench.joints import PARTS
 
@@ -40,6 +42,8 @@ _NOT_DISTINGUISHING = {
     "config.seed", "config.train_size", "config.pretext", "config.policy", "config.freeze",
     "config.root", "config.pretext_root",
 }  # fmt: skip
+#: what a row is run on: always named in a label when it varies, even at the profile's value
+_ALWAYS_NAMED = {"config.profile", "config.backbone", "config.data", "config.protocol", "config.pretext_data"}
 #: settings that supervised cells do not have (pretraining and transfer)
 _NOT_SUPERVISED = (
     "config.pretext_options.", "config.pretrain.", "config.pretext_data", "config.pretext_images",
@@ -142,14 +146,35 @@ def _distinguishing(df: pd.DataFrame) -> list[str]:
     return keys
 
 
+@functools.cache
+def _profile_defaults(profile: str) -> dict[str, Any]:
+    """The flattened settings of *profile* (``pretrain.epochs`` -> 5); empty for an unknown profile."""
+    try:
+        return pd.json_normalize(profile_config(profile).to_dict(), sep=".").iloc[0].to_dict()
+    except ConfigError:  # a record from a profile this version no longer has
+        return {}
+
+
+def _at_default(row: pd.Series, column: str) -> bool:
+    """Whether the row's setting is its profile's (or, for a later field, the old behaviour's);
+    what it runs on (:data:`_ALWAYS_NAMED`) never is."""
+    if column in _ALWAYS_NAMED:
+        return False
+    name = column.removeprefix("config.")
+    defaults = _profile_defaults(str(row.get("config.profile")))
+    return at_later_default(name, row[column]) or (
+        name in defaults and _hashable(defaults[name]) == _hashable(row[column])
+    )
+
+
 def _row_label(row: pd.Series, keys: list[str]) -> str:
-    """The strategy plus the settings that tell its cells apart; a later field at its default
-    (:func:`~sslbench.config.at_later_default`) is left out, so adding one keeps earlier row names."""
+    """The strategy plus the settings that tell its cells apart. Settings at their default
+    (:func:`_at_default`) are left out, so adding cells that vary one setting, or a later field,
+    keeps the names of the rows that ran at the defaults."""
     extra = [
         f"{k.removeprefix('config.')}={_hashable(row[k])}"
         for k in keys
-        if not (row["strategy"] == BASELINE and _not_supervised(k))
-        and not at_later_default(k.removeprefix("config."), row[k])
+        if not (row["strategy"] == BASELINE and _not_supervised(k)) and not _at_default(row, k)
     ]
     return f"{row['strategy']} [{', '.join(extra)}]" if extra else str(row["strategy"])
 

@@ -176,6 +176,16 @@ def pose_metrics(test: dict[str, float], fitted: Any) -> dict[str, Any]:
     }
 
 
+def pretext_cache_dir(workdir: Path, config: RunConfig) -> Path:
+    """Where the pretraining *config* needs is cached: ``WORKDIR/pretext/PRETEXT-KEYHASH``."""
+    return workdir / "pretext" / f"{config.pretext}-{config_hash(config.pretext_key())}"
+
+
+def is_pretrained(workdir: Path, config: RunConfig) -> bool:
+    """Whether the pretraining *config* needs is cached (finished) under *workdir*."""
+    return config.pretext != "none" and (pretext_cache_dir(workdir, config) / "pretrained.json").exists()
+
+
 def pretrain(
     config: RunConfig, pretext: Pretext, workdir: Path, registry: Registry, console: Console
 ) -> dict[str, Any]:
@@ -188,13 +198,12 @@ def pretrain(
     and writes it; all ranks pretrain together, or load the cached weights.
     """
     key = config.pretext_key()
-    key_hash = config_hash(key)
-    cache_dir = workdir / "pretext" / f"{config.pretext}-{key_hash}"
+    cache_dir = pretext_cache_dir(workdir, config)
     cache_dir.mkdir(parents=True, exist_ok=True)
     final = cache_dir / "pretrained"
 
     def cached() -> Checkpoint | None:
-        if (cache_dir / "pretrained.json").exists():
+        if is_pretrained(workdir, config):
             try:
                 return load_checkpoint(final)
             except CheckpointError as exc:

@@ -667,10 +667,13 @@ class Estimator:
         downstream_s = self._phase_seconds(c.downstream, self.speed(c, "downstream"), train, val, test)
         return CellEstimate(pretrain_s, downstream_s)
 
-    def estimates(self, cells: Sequence[Cell]) -> dict[str, float | None]:
-        """Cell id -> seconds, the shared pretraining charged to the first cell that needs it."""
+    def estimates(self, cells: Sequence[Cell], cached: Iterable[str] = ()) -> dict[str, float | None]:
+        """Cell id -> seconds, the shared pretraining charged to the first cell that needs it.
+
+        Pretrainings whose keys are in *cached* (see :func:`cached_pretrainings`) cost nothing.
+        """
         out: dict[str, float | None] = {}
-        charged: set[str] = set()
+        charged: set[str] = set(cached)
         for cell in cells:
             estimate = self.estimate(cell)
             seconds = estimate.downstream_s
@@ -680,6 +683,13 @@ class Estimator:
                 seconds = None if seconds is None or estimate.pretrain_s is None else seconds + estimate.pretrain_s
             out[cell.cell_id] = seconds
         return out
+
+
+def cached_pretrainings(cells: Iterable[Cell], workdir: Path) -> set[str]:
+    """Pretraining keys of *cells* already cached under *workdir* (a sweep reuses them)."""
+    from sslbench.runner import is_pretrained
+
+    return {cell.pretrain_key for cell in cells if cell.pretrain_key and is_pretrained(workdir, cell.config)}
 
 
 def format_seconds(seconds: float | None) -> str:

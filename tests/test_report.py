@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 from scipy import stats
 
-from sslbench.config import RunConfig
+from sslbench.config import RunConfig, profile_config
 from sslbench.errors import ConfigError
 from sslbench.joints import JOINT_NAMES, PARTS
 from sslbench.report import build_report, compute_hours, mean_ci, paired_difference, render, resolve_cells, views, write_plots
@@ -158,6 +158,24 @@ def test_transfer_lr_labels_rows_and_records_from_before_it_read_as_plain_fine_t
     assert set(report.rows) == {"supervised", "rotation/all", "rotation/all [transfer_lr=0.1]"}  # the default unlabelled
     assert summary_row(report, "rotation/all [transfer_lr=0.1]", 100)["diff"] == pytest.approx(5.0)
     assert summary_row(report, "rotation/all", 100)["n_pairs"] == 2  # paired with supervised
+
+
+def test_settings_at_the_profile_default_are_not_named_in_row_labels(tmp_path: Path) -> None:
+    out = tmp_path / "res"
+    default_epochs = profile_config("cpu").pretrain.epochs
+    for seed in (0, 1):
+        write_record(out, make_record(tmp_path, "supervised", seed, 50.0 + seed))
+        for epochs, pck in ((default_epochs, 51.0), (4 * default_epochs, 54.0)):
+            record = make_record(tmp_path, "rotation/all", seed, pck + seed)
+            record["config"]["pretrain"]["epochs"] = epochs
+            record["cell_id"] = RunConfig.from_dict(record["config"]).cell_id
+            write_record(out, record)
+    report = build_report(load_results(out, warn=quiet))
+    assert report.row_keys == ["config.pretrain.epochs"]
+    longer = f"rotation/all [pretrain.epochs={4 * default_epochs}]"
+    assert set(report.rows) == {"supervised", "rotation/all", longer}
+    assert summary_row(report, longer, 100)["diff"] == pytest.approx(4.0)  # pretraining settings: same baseline
+    assert summary_row(report, "rotation/all", 100)["diff"] == pytest.approx(1.0)
 
 
 def test_unknown_metric_is_a_config_error_with_suggestion(results: Path) -> None:

@@ -27,6 +27,7 @@ from sslbench.sweep import (
     Cell,
     Estimator,
     SweepSpec,
+    cached_pretrainings,
     execute_cell,
     expand,
     find_line,
@@ -515,6 +516,25 @@ def test_estimate_times_real_steps_without_records(tmp_path: Path, registry: Reg
         assert estimates[first.cell_id] > estimates[twin.cell_id]  # the shared pretraining is charged once
 
 
+def test_estimate_charges_nothing_for_a_cached_pretraining(tmp_path: Path, registry: Registry) -> None:
+    from sslbench.runner import pretext_cache_dir
+
+    cells = plan_of(tmp_path, registry).cells
+    group = next(iter(sslbench.sweep.Plan("t", cells).pretrainings().values()))
+    first = group[0]
+    twin = next(c for c in group[1:] if c.config.train_size == first.config.train_size)
+    assert cached_pretrainings(cells, tmp_path / "runs") == set()
+    cache = pretext_cache_dir(tmp_path / "runs", first.config)
+    cache.mkdir(parents=True)
+    (cache / "key.json").write_text("{}")  # a pretraining that was started, not finished
+    assert cached_pretrainings(cells, tmp_path / "runs") == set()
+    (cache / "pretrained.json").write_text("{}")
+    cached = cached_pretrainings(cells, tmp_path / "runs")
+    assert cached == {first.pretrain_key}
+    estimates = Estimator(registry, None, measure=True).estimates(cells, cached)
+    assert estimates[first.cell_id] == pytest.approx(estimates[twin.cell_id])
+
+
 # ------------------------------------------------------------------------------------ CLI
 
 
@@ -541,6 +561,7 @@ def test_cli_dry_run_prints_plan_pretrainings_pruned_and_estimate(cli: CliRunner
     assert "pretext pretrainings" in result.output and "P2" in result.output
     assert "pretext none x policy first:" in result.output
     assert "estimated time left" in result.output and "measured on random tensors" in result.output
+    assert "2 pretext pretraining(s), 0 cached in runs" in " ".join(result.output.split())
     assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
 
 
