@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from typing import Any, Sequence
 
 import numpy as np
@@ -94,7 +95,14 @@ class TaskDataset(Dataset):
 
 
 def _worker_init(worker_id: int) -> None:
-    """One torch thread per worker (workers are the parallelism); seed numpy/random from torch."""
+    """One torch thread per worker (workers are the parallelism); seed numpy/random from torch.
+
+    Workers ignore SIGTERM: when the whole process group is stopped (``kill -- -PGID``,
+    ``pkill -f``, a batch scheduler), the main process unwinds and shuts its workers down;
+    a worker killed first would make torch raise "DataLoader worker ... killed" over the
+    interrupt and print a traceback. A worker whose main process is gone exits by itself.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)

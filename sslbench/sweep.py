@@ -789,6 +789,8 @@ def execute_cell(
         try:
             record = runner(cell.config, Path(workdir), resume=True, console=console)
         except Exception as exc:
+            if (interrupt := interruption_behind(exc)) is not None:
+                raise interrupt from None
             log = store.log_path(cell.cell_id)
             log.parent.mkdir(parents=True, exist_ok=True)
             with log.open("a", encoding="utf-8") as handle:
@@ -805,6 +807,24 @@ def execute_cell(
         store.write(record)
         store.write_csv()
         return str(record["status"]) if record["status"] in ("done", "failed") else "done"
+
+
+def interruption_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that *exc* was raised while unwinding, if any.
+
+    Stopping a whole process group (Ctrl-C in a terminal, ``kill -- -PGID``, ``pkill -f``, a
+    batch scheduler's SIGTERM) also stops the data-loader workers; torch reports their death as
+    a RuntimeError raised while the interrupt unwinds, which must not make the interrupted cell
+    a failed one.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def cpu_count() -> int:

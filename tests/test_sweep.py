@@ -442,6 +442,24 @@ def test_interrupt_is_not_recorded_as_a_failure(tmp_path: Path, registry: Regist
     assert not list((tmp_path / "res" / "cells").glob("*.json"))
 
 
+def test_error_raised_while_an_interrupt_unwinds_is_an_interrupt_not_a_failure(
+    tmp_path: Path, registry: Registry
+) -> None:
+    # SIGTERM to the process group also kills the data-loader workers; torch then raises
+    # "DataLoader worker ... is killed by signal" while the interrupt unwinds.
+    cells = plan_of(tmp_path, registry).cells
+
+    def interrupted(config: RunConfig, workdir: Path, **kwargs: Any) -> dict[str, Any]:
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cells, tmp_path / "res", tmp_path / "runs", interrupted)
+    assert not list((tmp_path / "res" / "cells").glob("*.json"))
+
+
 def test_cell_claimed_by_another_process_is_left_alone(tmp_path: Path, registry: Registry) -> None:
     cell = plan_of(tmp_path, registry).cells[0]
     store = ResultsStore(tmp_path / "res")

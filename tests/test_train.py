@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -488,6 +490,18 @@ def test_loader_shuffle_depends_on_seed_and_epoch_and_workers_see_the_epoch():
     plain = next(iter(make_loader(data, run, shuffle=True, seed=0, epoch=2)))
     assert with_worker["index"].tolist() == plain["index"].tolist()
     assert torch.equal(with_worker["image"], plain["image"])
+
+
+def test_loader_worker_outlives_a_sigterm_to_the_process_group():
+    # kill -- -PGID signals the workers too; the main process must be the one to stop them,
+    # or torch raises "DataLoader worker ... killed by signal" over the interrupt
+    task = RegressionTask()
+    data = TaskDataset(NoiseImages(8), range(8), task, GEOMETRY, seed=0, train=True)
+    batches = iter(make_loader(data, settings(batch_size=2, num_workers=1), shuffle=False, seed=0))
+    first = next(batches)
+    os.kill(batches._workers[0].pid, signal.SIGTERM)
+    rest = list(batches)
+    assert torch.cat([first["index"], *(b["index"] for b in rest)]).tolist() == list(range(8))
 
 
 def test_fit_result_round_trips_through_dict():
