@@ -487,10 +487,25 @@ def _figure(width: float = 7.0, height: float = 4.5) -> Any:
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def _strategy_axes(figure: Any, rows: int) -> Any:
+    """Axes whose colour cycle gives each of *rows* strategies its own colour (tab20 past 10)."""
+    from matplotlib import colormaps
+
+    axes = figure.add_subplot()
+    if rows > 10:
+        axes.set_prop_cycle(color=colormaps["tab20"].colors)
+    return axes
+
+
+def _strategy_legend(axes: Any) -> None:
+    """The legend beside the plot, where it hides no line or bar."""
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
 def plot_metric_vs_size(report: Report, path: Path) -> Path:
     """Mean metric against training-set size, one line per strategy, 95% CI bands."""
-    figure = _figure()
-    axes = figure.add_subplot()
+    figure = _figure(10.0, 4.5)
+    axes = _strategy_axes(figure, len(report.rows))
     sizes = report.train_sizes
     for row in report.rows:
         data = report.summary[report.summary["row"] == row].sort_values("train_size")
@@ -504,7 +519,7 @@ def plot_metric_vs_size(report: Report, path: Path) -> Path:
     axes.set_xlabel("labelled training images")
     axes.set_ylabel(f"{report.metric} (mean over seeds, 95% CI)")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
+    _strategy_legend(axes)
     figure.savefig(path, dpi=120)
     return path
 
@@ -514,8 +529,8 @@ def plot_parts(report: Report, size: int, path: Path) -> Path:
     parts = [p for p in PART_NAMES if f"part.{p}" in report.summary.columns]
     data = report.summary[report.summary["train_size"] == size].set_index("row")
     rows = [r for r in report.rows if r in data.index]
-    figure = _figure(max(7.0, len(parts) * 0.25 * max(1, len(rows))), 4.5)
-    axes = figure.add_subplot()
+    figure = _figure(max(7.0, len(parts) * 0.25 * max(1, len(rows))) + 3.0, 4.5)
+    axes = _strategy_axes(figure, len(rows))
     width = 0.8 / max(1, len(rows))
     x = np.arange(len(parts))
     for i, row in enumerate(rows):
@@ -524,7 +539,7 @@ def plot_parts(report: Report, size: int, path: Path) -> Path:
     axes.set_ylabel("PCK@0.2 (mean over seeds)")
     axes.set_title(f"{size} training images")
     axes.grid(axis="y", alpha=0.3)
-    axes.legend(fontsize="small")
+    _strategy_legend(axes)
     figure.savefig(path, dpi=120)
     return path
 
