@@ -789,7 +789,7 @@ def execute_cell(
         try:
             record = runner(cell.config, Path(workdir), resume=True, console=console)
         except Exception as exc:
-            if (interrupt := interruption_behind(exc)) is not None:
+            if (interrupt := _interruption_behind(exc)) is not None:
                 raise interrupt from None
             log = store.log_path(cell.cell_id)
             log.parent.mkdir(parents=True, exist_ok=True)
@@ -809,13 +809,13 @@ def execute_cell(
         return str(record["status"]) if record["status"] in ("done", "failed") else "done"
 
 
-def interruption_behind(exc: BaseException) -> KeyboardInterrupt | None:
+def _interruption_behind(exc: BaseException) -> KeyboardInterrupt | None:
     """The Ctrl-C or SIGTERM that *exc* was raised while unwinding, if any.
 
-    Stopping a whole process group (Ctrl-C in a terminal, ``kill -- -PGID``, ``pkill -f``, a
-    batch scheduler's SIGTERM) also stops the data-loader workers; torch reports their death as
-    a RuntimeError raised while the interrupt unwinds, which must not make the interrupted cell
-    a failed one.
+    A SIGTERM to the whole process group (``kill -- -PGID``, ``pkill -f``, a batch scheduler)
+    also reaches the data-loader workers; should one die before the main process has stopped
+    it, torch reports its death as a RuntimeError raised while the interrupt unwinds, which
+    must not make the interrupted cell a failed one.
     """
     seen: set[int] = set()
     current: BaseException | None = exc
