@@ -239,7 +239,7 @@ def sweep_command(spec_path: Path | None, results_dir: Path | None, workdir: Pat
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report to FILE instead of stdout.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path), help="Write PNG plots into DIR.")
 @click.option("--metric", default="pck@0.2", show_default=True, help="Column to tabulate (e.g. pck@0.1, auc@0.2, test_loss).")
-@click.option("--curves", metavar="CELL_ID,...", help="Cells whose training curves to plot (default: best of each strategy).")
+@click.option("--curves", metavar="CELL_ID,...", help="Cells whose training curves to plot (default: the best cell of each strategy row).")
 def report_command(results_dirs: tuple[Path, ...], fmt: str, out: Path | None, plots_dir: Path | None, metric: str,
                    curves: str | None) -> None:  # fmt: skip
     """Tables (and plots) of sweep results: strategies x train sizes, CIs, paired tests against supervised.

@@ -18,6 +18,7 @@ import html
 import io
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -645,10 +646,21 @@ def write_plots(
     written = [plot_metric_vs_size(report, directory / f"{safe}_vs_train_size.png")]
     if any(f"part.{p}" in report.summary.columns for p in PART_NAMES):
         written += [plot_parts(report, size, directory / f"parts_{size}.png") for size in report.train_sizes]
-    ids = resolve_cells(report, curves) if curves else best_cells(report)
-    for cell_id in ids:
+    if curves:  # chosen cells, each under its own id
+        named = {f"curves_{cell_id}.png": cell_id for cell_id in resolve_cells(report, curves)}
+    else:  # the best cell of each row, under the row's name, so a re-render replaces it when the best cell changes
+        named = {}
+        for row, cell_id in zip(report.rows, best_cells(report)):
+            name = f"curves_best_{_file_slug(row)}"
+            named[f"{name}_{cell_id}.png" if f"{name}.png" in named else f"{name}.png"] = cell_id
+    for name, cell_id in named.items():
         record = report.df[report.df["cell_id"] == cell_id].iloc[0]
-        path = plot_curves(record, directory / f"curves_{cell_id}.png", warn)
+        path = plot_curves(record, directory / name, warn)
         if path is not None:
             written.append(path)
     return written
+
+
+def _file_slug(text: str) -> str:
+    """*text* as a portable file-name part: runs of characters other than letters, digits, '.', '+', '-' become '_'."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")

@@ -244,14 +244,24 @@ def test_plots_are_valid_pngs_with_curves_of_the_best_cells(results: Path, tmp_p
     names = sorted(p.name for p in written)
     assert "pck_at_0.2_vs_train_size.png" in names and "parts_100.png" in names and "parts_200.png" in names
     curves = [n for n in names if n.startswith("curves_")]
-    assert len(curves) == 3  # best cell of each strategy
-    best_jigsaw = report.df[report.df["pck@0.2"] == 90.0]["cell_id"].iloc[0]
-    assert f"curves_{best_jigsaw}.png" in curves
+    assert len(curves) == 3  # best cell of each strategy, named after the strategy
+    assert "curves_best_jigsaw-heatmap_first+middle_frozen.png" in curves
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(path) as image:
             assert image.size[0] > 100 and image.size[1] > 100
     assert any("unreadable line (interrupted write?)" in m for m in messages)
+
+
+def test_a_rerender_replaces_the_curves_of_a_row_whose_best_cell_changed(results: Path, tmp_path: Path) -> None:
+    plots = tmp_path / "plots"
+    write_plots(build_report(load_results(results, warn=quiet)), plots, warn=quiet)
+    before = {p.name: p.read_bytes() for p in plots.glob("curves_*.png")}
+    write_record(results, make_record(tmp_path, "supervised", 5, 99.0, 200))  # a new best supervised cell
+    write_plots(build_report(load_results(results, warn=quiet)), plots, warn=quiet)
+    after = {p.name: p.read_bytes() for p in plots.glob("curves_*.png")}
+    assert sorted(after) == sorted(before)  # no stale plot of the old best cell left beside the new one
+    assert after["curves_best_supervised.png"] != before["curves_best_supervised.png"]  # its title names the new cell
 
 
 def test_curves_are_chosen_by_cell_id_prefix(results: Path) -> None:
