@@ -98,6 +98,9 @@ def run_cell(
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", {"cell_id": cid, "config": config.to_dict()})
     started = time.perf_counter()
+    # described now, not at the end: the commit is that of the code this run imported, even when the
+    # checkout moves on while it trains
+    env = environment.describe(resolve_device(config.downstream.device))
 
     pretrained = pretrain(config, pretext, Path(workdir), registry, console) if pretext.trains else None
 
@@ -146,7 +149,7 @@ def run_cell(
             "eval_s": eval_s,
             "total_s": time.perf_counter() - started,
         },
-        "env": environment.describe(resolve_device(config.downstream.device)),
+        "env": env,
         "files": {
             "run_dir": str(run_dir),
             "metrics_jsonl": str(run_dir / "downstream" / "metrics.jsonl"),

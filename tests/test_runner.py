@@ -90,6 +90,21 @@ def test_corrupt_pretext_cache_is_detected_and_retrained(tmp_path: Path):
     load_checkpoint(cache / "pretrained")  # rewritten and valid again
 
 
+def test_the_record_names_the_commit_the_run_started_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import sslbench.runner as runner
+
+    checkout = {"commit": "aaaa"}
+    monkeypatch.setattr(runner.environment, "commit", lambda: checkout["commit"])
+    real_fit = runner.fit
+
+    def fit_while_the_checkout_moves_on(*args, **kwargs):
+        checkout["commit"] = "bbbb"  # e.g. a commit made while a long cell trains
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "fit", fit_while_the_checkout_moves_on)
+    assert run_cell(tiny_config(), tmp_path)["env"]["commit"] == "aaaa"
+
+
 def test_finished_cell_is_returned_without_touching_test_again(tmp_path: Path):
     config = tiny_config()
     first = run_cell(config, tmp_path)
