@@ -264,6 +264,17 @@ def test_a_rerender_replaces_the_curves_of_a_row_whose_best_cell_changed(results
     assert after["curves_best_supervised.png"] != before["curves_best_supervised.png"]  # its title names the new cell
 
 
+def test_rows_whose_names_make_the_same_file_name_get_a_plot_each(tmp_path: Path) -> None:
+    out = tmp_path / "res"
+    for strategy, pck in (("a_b/c", 50.0), ("a/b_c", 60.0)):  # both "a_b_c" as file names
+        write_record(out, make_record(tmp_path, strategy, 0, pck))
+    report = build_report(load_results(out, warn=quiet))
+    written = write_plots(report, tmp_path / "plots", warn=quiet)
+    curves = sorted(p.name for p in written if p.name.startswith("curves_"))
+    assert len(curves) == 2 and curves[0] == "curves_best_a_b_c.png"
+    assert curves[1].startswith("curves_best_a_b_c_") and curves[1].removesuffix(".png")[-12:] in set(report.df["cell_id"])
+
+
 def test_curves_are_chosen_by_cell_id_prefix(results: Path) -> None:
     report = build_report(load_results(results, warn=quiet))
     cell = report.df["cell_id"].iloc[0]

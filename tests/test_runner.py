@@ -13,6 +13,7 @@ from sslbench.checkpoint import load_checkpoint
 from sslbench.cli import main
 from sslbench.config import LATER_FIELDS, RunConfig, profile_config, set_path
 from sslbench.errors import ConfigError
+from sslbench import runner
 from sslbench.runner import run_cell
 
 pytestmark = pytest.mark.slow
@@ -91,8 +92,6 @@ def test_corrupt_pretext_cache_is_detected_and_retrained(tmp_path: Path):
 
 
 def test_the_record_names_the_commit_the_run_started_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import sslbench.runner as runner
-
     checkout = {"commit": "aaaa"}
     monkeypatch.setattr(runner.environment, "commit", lambda: checkout["commit"])
     real_fit = runner.fit
