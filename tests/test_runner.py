@@ -9,11 +9,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from sslbench import runner
 from sslbench.checkpoint import load_checkpoint
 from sslbench.cli import main
 from sslbench.config import LATER_FIELDS, RunConfig, profile_config, set_path
 from sslbench.errors import ConfigError
-from sslbench import runner
 from sslbench.runner import run_cell
 
 pytestmark = pytest.mark.slow
