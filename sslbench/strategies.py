@@ -161,6 +161,13 @@ class Cell:
                 "would be trained on (use a separate pool such as lspet)"
             )
         pool = open_dataset(self.registry, c.unlabelled_data, c.unlabelled_root, {}, "--unlabelled-data")
+        test_files = {Path(self.data.paths[i]).resolve() for i in self.splits.test} if hasattr(self.data, "paths") else set()
+        overlap = test_files & {Path(p).resolve() for p in getattr(pool, "paths", [])}
+        if overlap:
+            raise ConfigError(
+                f"--unlabelled-root {c.unlabelled_root} holds {len(overlap)} of the labelled test images "
+                f"(e.g. {sorted(overlap)[0].name}): training on them would leak the test set"
+            )
         indices = pool.splits("standard", None, c.seed).train
         if not indices:
             raise ConfigError(f"--unlabelled-data {c.unlabelled_data}: the pool has no training images")

@@ -430,11 +430,13 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
                 fields[key] = getattr(spec, key)
         fields["backbone_options"] = {**base.backbone_options, **spec.backbone_options.get(backbone, {})}
         fields["pretext_options"] = {**base.pretext_options, **spec.pretext_options.get(pretext, {})}
+        name = RunConfig(pretext=pretext, strategy=strategy_name).strategy_name
+        fields["strategy_options"] = {**base.strategy_options, **spec.strategy_options.get(name, {})}
         config = RunConfig.from_dict(fields)
         try:
             strategy = strategies.strategy_of(config, registry)
         except ConfigError as exc:
-            if spec.strategies and strategy_name in spec.strategy_options:  # the options themselves are wrong
+            if "option" in str(exc) and name in spec.strategy_options:  # the options themselves are wrong
                 raise ConfigError(f"{spec.where('strategy_options', strategy_name)}: {exc}") from None
             pruned.setdefault(combination, str(exc))
             continue
@@ -448,7 +450,6 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
         if not strategy.uses_unlabelled:
             unused += ["unlabelled_data", "unlabelled_root"]
         fields.update({key: profile_fields[key] for key in unused})
-        fields["strategy_options"] = {**base.strategy_options, **spec.strategy_options.get(strategy.name, {})}
         config = RunConfig.from_dict(fields)
         try:
             config.validate()
