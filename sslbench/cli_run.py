@@ -32,7 +32,7 @@ def build_config(
     assignments: tuple[str, ...],
 ) -> RunConfig:
     """Profile defaults, then named options, then ``--set`` assignments (last wins)."""
-    config = profile_config(profile)
+    config = profile_config(profile, fields.get("backbone"))  # the profile's options for that backbone
     overrides: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
     if "policy" in overrides:
         overrides["policy"], frozen = parse_policy(overrides["policy"])

@@ -202,12 +202,19 @@ def config_hash(data: Any, length: int = 12) -> str:
 
 # ------------------------------------------------------------------------------ profiles
 
-#: profile name -> overrides of RunConfig defaults (nested dicts for sections)
+#: the CPM entries of ``plugins/cpm.py``: the backbones the profiles size with ``width`` and ``norm``
+CPM_BACKBONES = ("cpm", "cpm3", "cpm4", "cpm5", "cpm6")
+
+#: profile name -> overrides of RunConfig defaults (nested dicts for sections). ``backbone_options``
+#: apply to every backbone; ``per_backbone`` maps a backbone name to the options the profile gives
+#: that backbone only (merged over the common ones), so another backbone never receives options
+#: it does not know (a timm backbone has no ``norm``).
 PROFILES: dict[str, dict[str, Any]] = {
     # The report / CPM paper: 368 px, full width, 6 stages, SGD at lr 4e-6 on a summed
     # per-image loss, batch 12 (downstream) / 10 (pretext), early stop after 50 epochs.
     "paper": {
-        "backbone_options": {"input_size": 368, "width": 1.0},
+        "backbone_options": {"input_size": 368},
+        "per_backbone": {name: {"width": 1.0} for name in CPM_BACKBONES},
         "sigma": 3.0,
         "loss_scale": "sum",
         "pretrain": {
@@ -223,7 +230,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # it the thin, deep CPM's ReLUs die within 20 Adam steps on pretext losses and rotation stays
     # at chance). See README "Profiles" for the sizing and the measurements.
     "cpu": {
-        "backbone_options": {"input_size": 128, "width": 0.125, "norm": "batch"},
+        "backbone_options": {"input_size": 128},
+        "per_backbone": {name: {"width": 0.125, "norm": "batch"} for name in CPM_BACKBONES},
         "sigma": 1.0,
         "pretrain": {
             "epochs": 5, "batch_size": 16, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
@@ -236,7 +244,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     # Seconds: for tests and trying the command line.
     "smoke": {
-        "backbone_options": {"input_size": 64, "width": 0.125},
+        "backbone_options": {"input_size": 64},
+        "per_backbone": {name: {"width": 0.125} for name in CPM_BACKBONES},
         "sigma": 1.0,
         "pretext_images": 32,
         "pretrain": {"epochs": 1, "batch_size": 8, "num_workers": 0, "val_samples": 8},
@@ -246,15 +255,19 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def profile_config(profile: str) -> RunConfig:
+def profile_config(profile: str, backbone: str | None = None) -> RunConfig:
+    """The run config of *profile*, with the backbone options it gives *backbone* (default: its own, cpm6)."""
     if profile not in PROFILES:
         import difflib
 
         close = difflib.get_close_matches(profile, list(PROFILES), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"--profile: unknown profile {profile!r}.{hint} Available: {', '.join(PROFILES)}")
-    config = RunConfig(profile=profile)
-    return apply_overrides(config, PROFILES[profile])
+    overrides = dict(PROFILES[profile])
+    per_backbone = overrides.pop("per_backbone", {})
+    config = apply_overrides(RunConfig(profile=profile), overrides)
+    name = backbone or config.backbone
+    return apply_overrides(config, {"backbone": name, "backbone_options": per_backbone.get(name, {})})
 
 
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:

@@ -148,10 +148,10 @@ def _distinguishing(df: pd.DataFrame) -> list[str]:
 
 
 @functools.cache
-def _profile_defaults(profile: str) -> dict[str, Any]:
-    """The flattened settings of *profile* (``pretrain.epochs`` -> 5); empty for an unknown profile."""
+def _profile_defaults(profile: str, backbone: str | None = None) -> dict[str, Any]:
+    """The flattened settings of *profile* for *backbone* (``pretrain.epochs`` -> 5); empty for an unknown profile."""
     try:
-        return pd.json_normalize(profile_config(profile).to_dict(), sep=".").iloc[0].to_dict()
+        return pd.json_normalize(profile_config(profile, backbone).to_dict(), sep=".").iloc[0].to_dict()
     except ConfigError:  # a record from a profile this version no longer has
         return {}
 
@@ -162,7 +162,10 @@ def _at_default(row: pd.Series, column: str) -> bool:
     if column in _ALWAYS_NAMED:
         return False
     name = column.removeprefix("config.")
-    defaults = _profile_defaults(str(row.get("config.profile")))
+    backbone = row.get("config.backbone")
+    defaults = _profile_defaults(str(row.get("config.profile")), backbone if isinstance(backbone, str) else None)
+    if name.startswith("backbone_options.") and name not in defaults and _hashable(row[column]) is None:
+        return True  # an option the profile gives other backbones only (a CPM's norm on a timm row)
     return at_later_default(name, row[column]) or (
         name in defaults and _hashable(defaults[name]) == _hashable(row[column])
     )

@@ -375,6 +375,13 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
     policies = [(text, *split_policy(text, spec.where("policies", value=text))) for text in spec.policies]
     train_sizes = spec.train_sizes or [base.train_size]
     seeds = spec.seeds or [base.seed]
+    # the options the profile gives each backbone (a CPM's width and norm are not a timm backbone's), then [set]
+    backbone_options = {}
+    for name in backbones:
+        config = profile_config(spec.profile, name)
+        for override in spec.overrides:
+            config = _apply_override(config, override, types)
+        backbone_options[name] = config.backbone_options
     data = spec.data or base.data
     pretext_data = spec.pretext_data or base.pretext_data
 
@@ -422,7 +429,7 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
         for key in ("root", "protocol", "pretext_root"):
             if getattr(spec, key) is not None:
                 fields[key] = getattr(spec, key)
-        fields["backbone_options"] = {**base.backbone_options, **spec.backbone_options.get(backbone, {})}
+        fields["backbone_options"] = {**backbone_options[backbone], **spec.backbone_options.get(backbone, {})}
         fields["pretext_options"] = {**base.pretext_options, **spec.pretext_options.get(pretext, {})}
         if pretext == "none":
             for key in ("pretext_options", "pretext_data", "pretext_root", "pretext_images", "pretrain",

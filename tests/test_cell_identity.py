@@ -1,0 +1,40 @@
+"""What a cell is: the profile's options per backbone, canonical cell ids and cache keys, and what records say."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sslbench.cli_run import build_config
+from sslbench.config import RunConfig, profile_config
+from sslbench.registry import default_registry
+from sslbench.sweep import SweepSpec, expand
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+
+# ------------------------------------------------------------------ profile options per backbone
+
+
+def test_the_cpu_profile_gives_cpm_options_to_cpm_backbones_only() -> None:
+    assert profile_config("cpu").backbone_options == {"input_size": 128, "width": 0.125, "norm": "batch"}
+    assert profile_config("cpu", "cpm3").backbone_options == {"input_size": 128, "width": 0.125, "norm": "batch"}
+    timm = profile_config("cpu", "timm-resnet18")
+    assert timm.backbone == "timm-resnet18" and timm.backbone_options == {"input_size": 128}
+
+
+@pytest.mark.parametrize("profile", ["cpu", "smoke", "paper"])
+def test_run_with_a_timm_backbone_builds_under_every_profile(profile: str) -> None:
+    config = build_config(profile, {"backbone": "timm-resnet18"}, {}, {}, {}, ("backbone_options.input_size=64",))
+    assert "norm" not in config.backbone_options
+    default_registry().create("backbone", config.backbone, "--backbone", num_outputs=15, **config.backbone_options)
+
+
+def test_a_sweep_gives_each_backbone_its_own_profile_options() -> None:
+    spec = SweepSpec(name="t", profile="cpu", backbones=["cpm6", "timm-resnet18"], train_sizes=[8], seeds=[0])
+    cells = {cell.config.backbone: cell.config for cell in expand(spec, default_registry()).cells}
+    assert cells["cpm6"].backbone_options == {"input_size": 128, "width": 0.125, "norm": "batch"}
+    assert cells["timm-resnet18"].backbone_options == {"input_size": 128}
+    assert cells["cpm6"].cell_id == RunConfig.from_dict({**profile_config("cpu").to_dict(), "train_size": 8}).cell_id
