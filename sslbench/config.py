@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sslbench.errors import ConfigError
+from sslbench.errors import ConfigError, SSLBenchError
 
 
 @dataclass
@@ -112,8 +112,11 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """The config as :attr:`cell_id` hashes it: :data:`LATER_FIELDS` at their defaults are left out."""
-        return {name: value for name, value in self.to_dict().items() if not at_later_default(name, value)}
+        """The config as :attr:`cell_id` hashes it: :data:`LATER_FIELDS` at their defaults are left out,
+        and so are pretext options at the pretext's default (:func:`canonical_options`)."""
+        data = {name: value for name, value in self.to_dict().items() if not at_later_default(name, value)}
+        data["pretext_options"] = canonical_options("pretext", self.pretext, self.pretext_options)
+        return data
 
     @property
     def cell_id(self) -> str:
@@ -145,7 +148,7 @@ class RunConfig:
             "backbone": self.backbone,
             "backbone_options": self.backbone_options,
             "pretext": self.pretext,
-            "pretext_options": self.pretext_options,
+            "pretext_options": canonical_options("pretext", self.pretext, self.pretext_options),
             "pretext_data": self.pretext_data,
             "pretext_root": self.pretext_root,
             "pretext_data_options": self.pretext_data_options,
@@ -192,6 +195,38 @@ def _settings_from_dict(data: dict[str, Any], section: str) -> TrainSettings:
     if unknown:
         raise ConfigError(f"{section}: unknown keys {', '.join(unknown)}")
     return TrainSettings(**data)
+
+
+def _plugin(kind: str, name: str) -> Any:
+    """The installed plugin entry *kind* *name*, or None when there is none."""
+    from sslbench.registry import default_registry  # late: the registry loads every plugin
+
+    try:
+        return default_registry().get(kind, name)
+    except SSLBenchError:
+        return None
+
+
+_NO_DEFAULT = object()
+
+
+def canonical_options(kind: str, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """*options* of plugin *kind* *name* without those at the plugin's default (:meth:`Entry.defaults`).
+
+    Spelling out a default (``--pretext-opt augment=true``) is the same configuration, so it
+    hashes the same: ``{}`` stays ``{}`` and earlier ids stay valid. Options of a plugin that is
+    not installed are kept as given.
+    """
+    if not options:
+        return options
+    entry = _plugin(kind, name)
+    defaults = entry.defaults() if entry is not None else {}
+
+    def at_default(key: str, value: Any) -> bool:
+        default = defaults.get(key, _NO_DEFAULT)
+        return default is not _NO_DEFAULT and isinstance(value, bool) == isinstance(default, bool) and value == default
+
+    return {key: value for key, value in options.items() if not at_default(key, value)}
 
 
 def config_hash(data: Any, length: int = 12) -> str:

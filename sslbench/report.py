@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from sslbench.config import at_later_default, profile_config
+from sslbench.config import at_later_default, canonical_options, profile_config
 from sslbench.errors import ConfigError
 from sslbench.joints import PARTS
 
@@ -166,6 +166,11 @@ def _at_default(row: pd.Series, column: str) -> bool:
     defaults = _profile_defaults(str(row.get("config.profile")), backbone if isinstance(backbone, str) else None)
     if name.startswith("backbone_options.") and name not in defaults and _hashable(row[column]) is None:
         return True  # an option the profile gives other backbones only (a CPM's norm on a timm row)
+    if name.startswith("pretext_options.") and _hashable(row[column]) is not None:
+        option, value = name.removeprefix("pretext_options."), row[column]  # spelled out at the pretext's default?
+        value = value.item() if isinstance(value, np.generic) else value
+        if not canonical_options("pretext", str(row.get("config.pretext")), {option: value}):
+            return True
     return at_later_default(name, row[column]) or (
         name in defaults and _hashable(defaults[name]) == _hashable(row[column])
     )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from sslbench import runner
 from sslbench.cli_run import build_config
 from sslbench.config import RunConfig, profile_config
 from sslbench.registry import default_registry
@@ -38,3 +40,36 @@ def test_a_sweep_gives_each_backbone_its_own_profile_options() -> None:
     assert cells["cpm6"].backbone_options == {"input_size": 128, "width": 0.125, "norm": "batch"}
     assert cells["timm-resnet18"].backbone_options == {"input_size": 128}
     assert cells["cpm6"].cell_id == RunConfig.from_dict({**profile_config("cpu").to_dict(), "train_size": 8}).cell_id
+
+
+# ------------------------------------------------------------------ canonical ids and cache keys
+
+
+def rotation(**fields) -> RunConfig:
+    return RunConfig.from_dict({**profile_config("smoke").to_dict(), "pretext": "rotation", "policy": "first", **fields})
+
+
+@pytest.mark.parametrize(
+    "pretext, options",
+    [("rotation", {"augment": True}), ("jigsaw-heatmap", {"permutations": "fixed:10", "gap": 5, "sigma": None})],
+)
+def test_spelling_out_a_pretext_default_is_the_same_cell_and_cache_entry(tmp_path: Path, pretext: str, options: dict) -> None:
+    plain, spelled = rotation(pretext=pretext), rotation(pretext=pretext, pretext_options=options)
+    assert spelled.cell_id == plain.cell_id
+    assert runner.pretext_cache_dir(tmp_path, spelled) == runner.pretext_cache_dir(tmp_path, plain)
+    assert spelled.to_dict()["pretext_options"] == options  # the record keeps what was asked for
+
+
+def test_pretext_options_off_their_default_name_another_cell_and_cache_entry(tmp_path: Path) -> None:
+    plain, other = rotation(), rotation(pretext_options={"augment": False})
+    assert other.cell_id != plain.cell_id
+    assert runner.pretext_cache_dir(tmp_path, other) != runner.pretext_cache_dir(tmp_path, plain)
+
+
+def test_the_report_labels_a_spelled_out_pretext_default_like_the_default() -> None:
+    from sslbench.report import _at_default
+
+    row = pd.Series({"config.profile": "smoke", "config.backbone": "cpm6", "config.pretext": "rotation",
+                     "config.pretext_options.augment": True})  # fmt: skip
+    assert _at_default(row, "config.pretext_options.augment")
+    assert not _at_default(row.replace({True: False}), "config.pretext_options.augment")
