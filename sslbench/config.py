@@ -113,9 +113,14 @@ class RunConfig:
 
     def identity(self) -> dict[str, Any]:
         """The config as :attr:`cell_id` hashes it: :data:`LATER_FIELDS` at their defaults are left out,
-        and so are pretext options at the pretext's default (:func:`canonical_options`)."""
+        and so are pretext options at the pretext's default (:func:`canonical_options`). The version a
+        dataset declares (:func:`dataset_version`) is added, the unlabelled one's only when a pretext trains."""
         data = {name: value for name, value in self.to_dict().items() if not at_later_default(name, value)}
         data["pretext_options"] = canonical_options("pretext", self.pretext, self.pretext_options)
+        if (version := dataset_version(self.data)) is not None:
+            data["data_version"] = version
+        if self.pretext != "none" and (version := dataset_version(self.pretext_data)) is not None:
+            data["pretext_data_version"] = version
         return data
 
     @property
@@ -144,7 +149,7 @@ class RunConfig:
 
     def pretext_key(self) -> dict[str, Any]:
         """Everything that determines the pretrained weights (the pretext cache key)."""
-        return {
+        key = {
             "backbone": self.backbone,
             "backbone_options": self.backbone_options,
             "pretext": self.pretext,
@@ -156,6 +161,9 @@ class RunConfig:
             "pretrain": dataclasses.asdict(self.pretrain),
             "seed": self.pretraining_seed,
         }
+        if (version := dataset_version(self.pretext_data)) is not None:
+            key["pretext_data_version"] = version
+        return key
 
     @property
     def pretraining_seed(self) -> int:
@@ -205,6 +213,17 @@ def _plugin(kind: str, name: str) -> Any:
         return default_registry().get(kind, name)
     except SSLBenchError:
         return None
+
+
+def dataset_version(name: str) -> Any:
+    """The ``version`` dataset *name* declares (``RENDER_VERSION`` of ``synthetic``), or None.
+
+    Datasets read from files declare none (their ids and keys stay as they were); one that
+    generates its images declares one, so a change of its generator renames its cells and
+    pretext cache entries instead of mixing old and new images under one id.
+    """
+    entry = _plugin("dataset", name)
+    return entry.version if entry is not None else None
 
 
 _NO_DEFAULT = object()

@@ -61,6 +61,18 @@ class Entry:
         kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         return {p.name: p.default for p in parameters if p.kind in kinds and p.default is not inspect.Parameter.empty}
 
+    @property
+    def version(self) -> Any:
+        """The ``version`` the factory (a class, or a :func:`functools.partial` of one) declares, or None.
+
+        A dataset declares one when the images it yields change between releases (a renderer);
+        cell ids and pretext cache keys then include it.
+        """
+        target = self.factory
+        while isinstance(target, functools.partial):
+            target = target.func
+        return getattr(target, "version", None)
+
 
 class Registry:
     """All entries of all plugins, by kind and name."""

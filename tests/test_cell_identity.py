@@ -73,3 +73,26 @@ def test_the_report_labels_a_spelled_out_pretext_default_like_the_default() -> N
                      "config.pretext_options.augment": True})  # fmt: skip
     assert _at_default(row, "config.pretext_options.augment")
     assert not _at_default(row.replace({True: False}), "config.pretext_options.augment")
+
+
+def test_a_new_renderer_version_renames_synthetic_cells_and_cache_entries(tmp_path: Path, monkeypatch) -> None:
+    from sslbench_plugins.synthetic import SyntheticPeople
+
+    config = rotation()
+    before, cache = config.cell_id, runner.pretext_cache_dir(tmp_path, config)
+    monkeypatch.setattr(SyntheticPeople, "version", SyntheticPeople.version + 1)
+    assert config.cell_id != before
+    assert runner.pretext_cache_dir(tmp_path, config) != cache
+
+
+def test_datasets_without_a_version_keep_their_ids(monkeypatch) -> None:
+    from sslbench_plugins.synthetic import SyntheticPeople
+
+    lsp = RunConfig.from_dict({**profile_config("cpu").to_dict(), "data": "lsp", "pretext_data": "lspet"})
+    assert not {"data_version", "pretext_data_version"} & set(lsp.identity())
+    assert "pretext_data_version" not in lsp.pretext_key()
+    # a supervised cell on LSP keeps its id whatever the (unused) unlabelled synthetic data's version
+    supervised = RunConfig.from_dict({**lsp.to_dict(), "pretext_data": "synthetic-unlabelled"})
+    before = supervised.cell_id
+    monkeypatch.setattr(SyntheticPeople, "version", SyntheticPeople.version + 1)
+    assert supervised.cell_id == before
