@@ -34,7 +34,8 @@ column                          meaning
 ``profile``                     profile the config was built from (``paper``, ``cpu``, ``smoke``)
 ``data`` / ``protocol``         labelled dataset and its split protocol
 ``pretext_data``                unlabelled dataset of the pretext phase
-``train_size``                  number of labelled training images actually used
+``train_size``                  the labelled budget: training images drawn for the cell (the whole pool
+                                when ``config.train_size`` is empty), in done and failed records alike
 ``seed``                        run seed (training budget subset, initialisation, augmentation)
 ``pck@0.2`` ``pck@0.1``         test PCK at 0.2 / 0.1 x torso size, all 14 joints
 ``auc@0.2``                     area under the PCK curve for thresholds 0..0.2

@@ -137,7 +137,7 @@ def run_cell(
         "strategy": config.strategy,
         "config": config.to_dict(),
         "seed": config.seed,
-        "train_size": len(train_set),
+        "train_size": len(splits.train),  # the budget (the whole pool when None), not a per-epoch cap
         "metrics": pose_metrics(test_metrics, fitted),
         "pretext_metrics": pretrained["metrics"] if pretrained else {},
         "timing": {

@@ -756,7 +756,7 @@ def failed_record(cell: Cell, error: str, seconds: float, log: Path | None = Non
         "strategy": config.strategy,
         "config": config.to_dict(),
         "seed": config.seed,
-        "train_size": config.train_size,
+        "train_size": train_budget(config),
         "metrics": {},
         "pretext_metrics": {},
         "timing": {"total_s": seconds},
@@ -764,6 +764,21 @@ def failed_record(cell: Cell, error: str, seconds: float, log: Path | None = Non
         "files": {"log": str(log)} if log else {},
         "created": _now(),
     }
+
+
+def train_budget(config: RunConfig) -> int | None:
+    """Labelled training images of *config*'s cell, as its record states them: ``train_size``, or the
+    whole pool when that is None (None when the dataset cannot be opened, e.g. what made it fail)."""
+    if config.train_size is not None:
+        return config.train_size
+    try:
+        from sslbench.registry import default_registry
+
+        root = Path(config.root) if config.root else None
+        data = default_registry().create("dataset", config.data, "--data", root=root, **config.data_options)
+        return len(data.splits(config.protocol, None, config.seed).train)
+    except Exception:  # the record of a failure must not fail
+        return None
 
 
 def _default_runner() -> Runner:

@@ -96,3 +96,28 @@ def test_datasets_without_a_version_keep_their_ids(monkeypatch) -> None:
     before = supervised.cell_id
     monkeypatch.setattr(SyntheticPeople, "version", SyntheticPeople.version + 1)
     assert supervised.cell_id == before
+
+
+# ------------------------------------------------------------------------------ what records say
+
+
+def tiny(**fields) -> RunConfig:
+    """A cell of seconds on 24 synthetic images (11 of them the training pool)."""
+    data = profile_config("smoke").to_dict()
+    data.update(train_size=6, backbone_options={"input_size": 32, "width": 0.125}, data_options={"size": 24},
+                pretext_data_options={"size": 24})  # fmt: skip
+    data["downstream"].update(epochs=1)
+    data.update(fields)
+    return RunConfig.from_dict(data)
+
+
+@pytest.mark.slow
+def test_done_and_failed_records_state_the_same_budget(tmp_path: Path) -> None:
+    from sslbench.sweep import Cell, failed_record
+
+    capped = tiny()
+    capped.downstream.samples_per_epoch = 4
+    assert runner.run_cell(capped, tmp_path)["train_size"] == 6  # the budget, not the 4 images drawn per epoch
+    assert failed_record(Cell.of(capped), "boom", 0.0)["train_size"] == 6
+    whole = tiny(train_size=None)  # the whole pool
+    assert runner.run_cell(whole, tmp_path)["train_size"] == failed_record(Cell.of(whole), "boom", 0.0)["train_size"] == 11
