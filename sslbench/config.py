@@ -117,6 +117,8 @@ class RunConfig:
         dataset declares (:func:`dataset_version`) is added, the unlabelled one's only when a pretext trains."""
         data = {name: value for name, value in self.to_dict().items() if not at_later_default(name, value)}
         data["pretext_options"] = canonical_options("pretext", self.pretext, self.pretext_options)
+        for section in ("pretrain", "downstream"):
+            data[section] = _legacy_precision(data[section])
         if (version := dataset_version(self.data)) is not None:
             data["data_version"] = version
         if self.pretext != "none" and (version := dataset_version(self.pretext_data)) is not None:
@@ -158,12 +160,35 @@ class RunConfig:
             "pretext_root": self.pretext_root,
             "pretext_data_options": self.pretext_data_options,
             "pretext_images": self.pretext_images,
-            "pretrain": dataclasses.asdict(self.pretrain),
+            "pretrain": _legacy_precision(dataclasses.asdict(self.pretrain)),
             "seed": self.pretraining_seed,
         }
         if (version := dataset_version(self.pretext_data)) is not None:
             key["pretext_data_version"] = version
         return key
+
+    def resolved(self) -> "RunConfig":
+        """A copy with each phase's precision ``auto`` replaced by what it means on this machine and
+        that phase's device (``bf16`` or ``fp32``, :func:`sslbench.train.use_bf16`).
+
+        Runs and sweeps resolve a config before taking its :attr:`cell_id` and storing it, so a
+        record says which precision ran and cells that ran at different precisions differ.
+        """
+        if "auto" not in (self.pretrain.precision, self.downstream.precision):
+            return self
+        from sslbench.train import resolve_device, use_bf16  # late: torch
+
+        data = self.to_dict()
+        for section in ("pretrain", "downstream"):
+            settings: TrainSettings = getattr(self, section)
+            if settings.precision == "auto":
+                try:
+                    device = resolve_device(settings.device)
+                except ConfigError as exc:
+                    raise ConfigError(f"{section}.precision auto: cannot tell what it means here ({exc}); "
+                                      f"set {section}.precision to bf16 or fp32") from None  # fmt: skip
+                data[section]["precision"] = "bf16" if use_bf16(settings, device) else "fp32"
+        return RunConfig.from_dict(data)
 
     @property
     def pretraining_seed(self) -> int:
@@ -195,6 +220,16 @@ class RunConfig:
                 f"transfer_lr {self.transfer_lr} scales the learning rate of fine-tuned transferred layers, "
                 f"and policy {self.policy}{':frozen' if self.freeze else ''} fine-tunes none"
             )
+
+
+def _legacy_precision(settings: dict[str, Any]) -> dict[str, Any]:
+    """*settings* (a phase, as a dict) with precision ``fp32`` spelled ``auto``, as cell ids hash it.
+
+    Before precision was resolved (:meth:`RunConfig.resolved`), every recorded cell said ``auto``
+    and ran on AVX2-only machines, where auto meant fp32: hashing fp32 as auto keeps their ids, and
+    new fp32 cells pair with them, while bf16 cells get ids of their own.
+    """
+    return {**settings, "precision": "auto"} if settings.get("precision") == "fp32" else settings
 
 
 def _settings_from_dict(data: dict[str, Any], section: str) -> TrainSettings:
@@ -287,13 +322,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         "backbone_options": {"input_size": 128},
         "per_backbone": {name: {"width": 0.125, "norm": "batch"} for name in CPM_BACKBONES},
         "sigma": 1.0,
+        # fp32, not auto: it runs on every machine, while emulated bf16 is about 20x slower on
+        # AVX2-only CPUs; every committed cpu-profile cell ran fp32 (README "Profiles")
         "pretrain": {
             "epochs": 5, "batch_size": 16, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
-            "samples_per_epoch": 3000, "val_samples": 500, "num_workers": 1,
+            "samples_per_epoch": 3000, "val_samples": 500, "num_workers": 1, "precision": "fp32",
         },
         "downstream": {
             "epochs": 60, "batch_size": 16, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
-            "warmup_epochs": 1, "patience": 15, "num_workers": 1,
+            "warmup_epochs": 1, "patience": 15, "num_workers": 1, "precision": "fp32",
         },
     },
     # Seconds: for tests and trying the command line.

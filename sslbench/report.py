@@ -401,9 +401,31 @@ def _header(report: Report, sources: Sequence[str]) -> list[str]:
             f"{compute['downstream']:.1f} h downstream training, {compute['eval']:.1f} h evaluation); "
             "a cached pretraining counts once."
         )
+    precision = _precision_line(report.df)
+    if precision:
+        lines.append(precision)
     if report.row_keys:
         lines.append("Settings that differ between cells (in row labels): " + ", ".join(k.removeprefix("config.") for k in report.row_keys) + ".")
     return lines
+
+
+def _precision_line(df: pd.DataFrame) -> str | None:
+    """Which precisions the cells trained at (records from before precision was recorded load as fp32).
+
+    Cells at different precisions never share a row: the precision is a setting like any other,
+    named in the labels of rows that ran off their profile's.
+    """
+    if "config.downstream.precision" not in df.columns or df.empty:
+        return None
+    pose = df["config.downstream.precision"].astype(str)
+    pretext = df["config.pretrain.precision"].astype(str) if "config.pretrain.precision" in df.columns else pose
+    trains = df["pretext"] != "none" if "pretext" in df.columns else pd.Series(False, index=df.index)
+    ran = pd.Series([d if not t or p == d else f"{p} pretext + {d} pose" for d, p, t in zip(pose, pretext, trains)])
+    counts = ran.value_counts()
+    if len(counts) == 1:
+        return f"Precision: {counts.index[0]} in every cell."
+    listed = ", ".join(f"{name} in {n} cell(s)" for name, n in sorted(counts.items()))
+    return f"Precision: {listed}; rows that ran at another precision than their profile's say so in their label."
 
 
 def render(report: Report, fmt: str, sources: Sequence[str] = ()) -> str:

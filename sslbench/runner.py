@@ -75,6 +75,7 @@ def run_cell(
     console = console or Console(quiet=True)
     registry = registry or default_registry()
     config.validate()
+    config = config.resolved()  # precision auto -> bf16/fp32 on this machine, before the id is taken
     cid = config.cell_id
     run_dir = Path(workdir) / "cells" / cid
     result_path = run_dir / "result.json"
@@ -100,7 +101,7 @@ def run_cell(
     started = time.perf_counter()
     # described now, not at the end: the commit is that of the code this run imported, even when the
     # checkout moves on while it trains
-    env = environment.describe(resolve_device(config.downstream.device))
+    env = environment.describe(resolve_device(config.downstream.device), config.downstream.precision)
 
     pretrained = pretrain(config, pretext, Path(workdir), registry, console) if pretext.trains else None
 

@@ -440,6 +440,7 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
         config = RunConfig.from_dict(fields)
         try:
             config.validate()
+            config = config.resolved()  # precision auto -> bf16/fp32 here: the id the runner will record
         except ConfigError as exc:
             raise ConfigError(f"sweep {spec.name}, cell {config.strategy}: {exc}") from None
         cell = Cell.of(config)
@@ -739,13 +740,14 @@ def _now() -> str:
 def failed_record(cell: Cell, error: str, seconds: float, log: Path | None = None) -> dict[str, Any]:
     """The record of a cell that raised: what is known about it, the error, no metrics."""
     config = cell.config
-    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                           "precision": config.downstream.precision}  # fmt: skip
     if "torch" in sys.modules:  # the full description needs torch: only when it is loaded anyway
         try:
             from sslbench import environment
             from sslbench.train import resolve_device
 
-            env = environment.describe(resolve_device(config.downstream.device))
+            env = environment.describe(resolve_device(config.downstream.device), config.downstream.precision)
         except Exception:  # describing the machine must not hide the real error
             pass
     return {

@@ -121,3 +121,80 @@ def test_done_and_failed_records_state_the_same_budget(tmp_path: Path) -> None:
     assert failed_record(Cell.of(capped), "boom", 0.0)["train_size"] == 6
     whole = tiny(train_size=None)  # the whole pool
     assert runner.run_cell(whole, tmp_path)["train_size"] == failed_record(Cell.of(whole), "boom", 0.0)["train_size"] == 11
+
+
+# ------------------------------------------------------------------------------------ precision
+
+
+def with_precision(config: RunConfig, precision: str) -> RunConfig:
+    data = config.to_dict()
+    data["pretrain"]["precision"] = data["downstream"]["precision"] = precision
+    return RunConfig.from_dict(data)
+
+
+def test_the_cpu_profile_trains_fp32_and_fp32_cells_keep_the_ids_of_auto_ones(tmp_path: Path) -> None:
+    config = rotation(profile="cpu")
+    assert profile_config("cpu").pretrain.precision == profile_config("cpu").downstream.precision == "fp32"
+    fp32, auto, bf16 = (with_precision(config, p) for p in ("fp32", "auto", "bf16"))
+    assert fp32.cell_id == auto.cell_id != bf16.cell_id
+    assert runner.pretext_cache_dir(tmp_path, fp32) == runner.pretext_cache_dir(tmp_path, auto)
+    assert runner.pretext_cache_dir(tmp_path, bf16) != runner.pretext_cache_dir(tmp_path, fp32)
+
+
+@pytest.mark.parametrize("native, precision", [(True, "bf16"), (False, "fp32")])
+def test_auto_is_resolved_for_the_machine_before_the_cell_id(monkeypatch, native: bool, precision: str) -> None:
+    import sslbench.train
+
+    monkeypatch.setattr(sslbench.train, "cpu_has_native_bf16", lambda: native)
+    auto = with_precision(rotation(), "auto")
+    auto.pretrain.device = auto.downstream.device = "cpu"
+    resolved = auto.resolved()
+    assert (resolved.pretrain.precision, resolved.downstream.precision) == (precision, precision)
+    assert (resolved.cell_id == auto.cell_id) == (precision == "fp32")
+    spec = SweepSpec(name="t", profile="smoke", pretexts=["rotation"], policies=["first"], train_sizes=[8], seeds=[0])
+    (cell,) = expand(spec, default_registry()).cells
+    assert cell.config.downstream.precision == precision and cell.cell_id == cell.config.cell_id
+
+
+@pytest.mark.slow
+def test_records_say_which_precision_ran_on_which_cpu(tmp_path: Path) -> None:
+    import sslbench.train
+
+    record = runner.run_cell(tiny(), tmp_path)
+    ran = "bf16" if sslbench.train.cpu_has_native_bf16() else "fp32"
+    assert record["env"]["precision"] == record["config"]["downstream"]["precision"] == ran
+    assert record["env"]["cpu_bf16"] == sslbench.train.cpu_has_native_bf16()
+    assert record["cell_id"] == RunConfig.from_dict(record["config"]).cell_id
+
+
+def cpu_record(seed: int, precision: str, pck: float, pretext: str = "none", policy: str = "none") -> dict:
+    """A done cpu-profile record; precision ``auto`` writes it as records were written before precision was recorded."""
+    config = RunConfig.from_dict({**profile_config("cpu").to_dict(), "seed": seed, "train_size": 100,
+                                  "pretext": pretext, "policy": policy})  # fmt: skip
+    config = with_precision(config, precision)
+    metrics = {"pck@0.2": pck, "pck@0.1": pck / 2, "auc@0.2": pck / 3, "test_loss": 1.0, "report_loss": 300.0,
+               "val_pck@0.2": pck, "best_epoch": 3, "converge_epoch": 3, "epochs_run": 5}  # fmt: skip
+    return {"schema": 1, "cell_id": config.cell_id, "status": "done", "error": None, "strategy": config.strategy,
+            "config": config.to_dict(), "seed": seed, "train_size": 100, "metrics": metrics, "pretext_metrics": {},
+            "timing": {"total_s": 1.0}, "env": {} if precision == "auto" else {"precision": precision},
+            "files": {}, "created": f"2026-01-0{seed + 1}T00:00:00+00:00"}  # fmt: skip
+
+
+def test_legacy_auto_loads_as_fp32_and_the_report_keeps_bf16_cells_apart(tmp_path: Path) -> None:
+    from sslbench.report import build_report, render
+    from sslbench.results import load_results, write_record
+
+    records = [cpu_record(0, "auto", 50.0), cpu_record(1, "auto", 52.0), cpu_record(2, "fp32", 54.0),
+               cpu_record(0, "bf16", 40.0), cpu_record(1, "bf16", 42.0),
+               cpu_record(0, "auto", 51.0, "rotation", "first"), cpu_record(1, "fp32", 53.0, "rotation", "first")]  # fmt: skip
+    for record in records:
+        write_record(tmp_path, record)
+    df = load_results(tmp_path, warn=lambda message: None)
+    assert set(df["config.downstream.precision"]) == set(df["env.precision"]) == {"fp32", "bf16"}
+    assert (df["config.pretrain.precision"] != "auto").all()
+    report = build_report(df)
+    rows = report.summary.set_index("row")
+    assert rows.loc["supervised", "n"] == 3  # legacy auto and new fp32 cells: one row
+    assert rows.loc["supervised [downstream.precision=bf16]", "n"] == 2  # bf16 apart, and saying so
+    assert rows.loc["rotation/first", "n_pairs"] == 2  # paired with the fp32 baseline
+    assert "Precision: bf16 in 2 cell(s), fp32 in 5 cell(s)" in render(report, "markdown")
