@@ -866,12 +866,6 @@ def worker_threads(workers: int, cores: int | None = None) -> tuple[int, int]:
     return threads, threads // 2
 
 
-def max_loader_workers(requested: int) -> int:
-    """*requested* data-loader workers, capped when a parallel sweep set :data:`LOADER_WORKERS_ENV`."""
-    cap = os.environ.get(LOADER_WORKERS_ENV)
-    return min(requested, int(cap)) if cap and cap.isdigit() else requested
-
-
 _EXIT = {"done": 0, "failed": 10, "skipped": 11, "busy": 12}
 
 

@@ -32,7 +32,6 @@ from sslbench.sweep import (
     expand,
     find_line,
     load_spec,
-    max_loader_workers,
     next_cell,
     parse_shard,
     run_sweep,
@@ -499,11 +498,9 @@ def test_sigterm_stops_a_parallel_sweep_and_its_workers_without_recording_a_fail
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_workers_split_cores_without_oversubscribing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_split_cores_without_oversubscribing() -> None:
     assert worker_threads(4, cores=16) == (4, 2)
     assert worker_threads(3, cores=2) == (1, 0)
-    monkeypatch.setenv("SSLBENCH_MAX_LOADER_WORKERS", "2")
-    assert max_loader_workers(4) == 2 and max_loader_workers(1) == 1
 
 
 # ------------------------------------------------------------------------------ estimates
