@@ -531,45 +531,39 @@ class CellEstimate:
 def measure_throughput(config: RunConfig, registry: Registry, budget_s: float = 3.0, max_batch: int = 8) -> float:
     """Training images per second of the config's backbone, timed on random tensors.
 
-    Real optimiser steps of :func:`sslbench.train.train_step` (the step ``fit`` takes:
-    forward, pose loss on every stage, backward, SGD) on the device, in the precision
-    and memory format the downstream training would use, for about *budget_s* seconds
-    (at least three steps). A network that needs more than that for one image is timed
-    on single images (a slight underestimate of its batched speed).
+    The step and its timing are those of ``sslbench bench`` (:func:`sslbench.bench.time_training`):
+    real optimiser steps of :func:`sslbench.train.train_step` (the step ``fit`` takes: forward, pose
+    loss on every stage, backward, the downstream optimiser) on the device, in the precision and
+    memory format the downstream training would use, after an untimed warm-up; the median step
+    (robust to other processes' bursts) gives the speed. About *budget_s* seconds (3 to 20 steps);
+    a network that needs more than that for one image is timed on single images (a slight
+    underestimate of its batched speed).
     """
     import torch
 
+    from sslbench.bench import PROFILE, time_training
     from sslbench.pose import PoseTask
-    from sslbench.train import prepare_model, resolve_device, train_step
+    from sslbench.train import resolve_device
 
-    settings = config.downstream
-    device = resolve_device(settings.device)
+    device = resolve_device(config.downstream.device)
     net = registry.create("backbone", config.backbone, "--backbones", num_outputs=NUM_JOINTS + 1, **config.backbone_options)
-    channels_last = prepare_model(net, device, settings)
-    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-6)
     size, maps = int(net.input_size), int(net.input_size) // int(net.stride)
-    task = PoseTask()
-    net.train()
 
-    def timed_step(batch: int) -> float:
+    def timed(batch: int, steps: int) -> dict[str, Any]:
         data = {"image": torch.randn(batch, 3, size, size), "centermap": torch.rand(batch, 1, size, size),
                 "target": torch.rand(batch, NUM_JOINTS + 1, maps, maps)}  # fmt: skip
-        start = time.perf_counter()
-        train_step(net, task, data, optimizer, device, settings, channels_last)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        settings = dataclasses.replace(config.downstream, batch_size=batch)
+        (run,) = time_training(net, PoseTask(), data, settings, [PROFILE], steps, device)
+        if run["error"]:
+            raise RuntimeError(run["error"])
+        return run
 
-    timed_step(1)  # warm-up: allocation, kernel selection
-    single = timed_step(1)
-    batch = max(1, min(settings.batch_size, max_batch))
-    if batch == 1 or single > budget_s:  # e.g. the paper's network on a CPU: seconds per image
-        return 1.0 / single
-    timed_step(batch)  # warm-up at the full batch size
-    times: list[float] = []
-    while len(times) < 3 or (sum(times) < budget_s and len(times) < 20):
-        times.append(timed_step(batch))
-    return batch / statistics.median(times)  # the median step: robust to other processes' bursts
+    single = timed(1, 1)
+    batch = max(1, min(config.downstream.batch_size, max_batch))
+    if batch == 1 or single["step_s"] > budget_s:  # e.g. the paper's network on a CPU: seconds per image
+        return single["images_per_s"]
+    steps = max(3, min(20, int(budget_s / (single["step_s"] * batch))))  # a batch takes at most batch x one image
+    return timed(batch, steps)["images_per_s"]
 
 
 class Estimator:
