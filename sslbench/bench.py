@@ -234,12 +234,6 @@ def train_flops_per_image(model: nn.Module, task: Task, batch: dict[str, Any], s
     return train / n, forward / n
 
 
-def conv_flops(layer: nn.Conv2d, out_height: int, out_width: int, batch: int = 1) -> int:
-    """Hand formula: 2 x outputs x (input channels / groups) x kernel area (a multiply and an add each)."""
-    kh, kw = layer.kernel_size
-    return 2 * batch * layer.out_channels * out_height * out_width * (layer.in_channels // layer.groups) * kh * kw
-
-
 def peak_flops(device: torch.device, bf16: bool, channels_last: bool, plan: BenchPlan) -> dict[str, float]:
     """FLOP/s of a large square matmul and a large 'same' convolution, best of ``peak_reps``."""
     dtype = torch.bfloat16 if bf16 else torch.float32

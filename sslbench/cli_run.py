@@ -33,7 +33,7 @@ def build_config(
     strategy_options: dict[str, Any] | None = None,
 ) -> RunConfig:
     """Profile defaults, then named options, then ``--set`` assignments (last wins)."""
-    config = profile_config(profile)
+    config = profile_config(profile, fields.get("backbone"))  # the profile's options for that backbone
     overrides: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
     if "policy" in overrides:
         overrides["policy"], frozen = parse_policy(overrides["policy"])

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sslbench.errors import ConfigError
+from sslbench.errors import ConfigError, SSLBenchError
 
 
 @dataclass
@@ -133,11 +133,22 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """The config as :attr:`cell_id` hashes it: :data:`LATER_FIELDS` at their defaults are left out."""
+        """The config as :attr:`cell_id` hashes it: :data:`LATER_FIELDS` at their defaults are left out,
+        and so are pretext options at the pretext's default (:func:`canonical_options`) and a strategy
+        spelled out that the pretext implies. The version a dataset declares (:func:`dataset_version`)
+        is added, the unlabelled one's only when a pretext trains."""
         data = self.to_dict()
         if data["strategy"] == RunConfig(pretext=self.pretext).strategy_name:
             data["strategy"] = None  # spelled out or implied, the same cell
-        return {name: value for name, value in data.items() if not at_later_default(name, value)}
+        data = {name: value for name, value in data.items() if not at_later_default(name, value)}
+        data["pretext_options"] = canonical_options("pretext", self.pretext, self.pretext_options)
+        for section in ("pretrain", "downstream"):
+            data[section] = _legacy_precision(data[section])
+        if (version := dataset_version(self.data)) is not None:
+            data["data_version"] = version
+        if self.pretext != "none" and (version := dataset_version(self.pretext_data)) is not None:
+            data["pretext_data_version"] = version
+        return data
 
     @property
     def cell_id(self) -> str:
@@ -158,18 +169,44 @@ class RunConfig:
 
     def pretext_key(self) -> dict[str, Any]:
         """Everything that determines the pretrained weights (the pretext cache key)."""
-        return {
+        key = {
             "backbone": self.backbone,
             "backbone_options": self.backbone_options,
             "pretext": self.pretext,
-            "pretext_options": self.pretext_options,
+            "pretext_options": canonical_options("pretext", self.pretext, self.pretext_options),
             "pretext_data": self.pretext_data,
             "pretext_root": self.pretext_root,
             "pretext_data_options": self.pretext_data_options,
             "pretext_images": self.pretext_images,
-            "pretrain": dataclasses.asdict(self.pretrain),
+            "pretrain": _legacy_precision(dataclasses.asdict(self.pretrain)),
             "seed": self.pretraining_seed,
         }
+        if (version := dataset_version(self.pretext_data)) is not None:
+            key["pretext_data_version"] = version
+        return key
+
+    def resolved(self) -> "RunConfig":
+        """A copy with each phase's precision ``auto`` replaced by what it means on this machine and
+        that phase's device (``bf16`` or ``fp32``, :func:`sslbench.train.use_bf16`).
+
+        Runs and sweeps resolve a config before taking its :attr:`cell_id` and storing it, so a
+        record says which precision ran and cells that ran at different precisions differ.
+        """
+        if "auto" not in (self.pretrain.precision, self.downstream.precision):
+            return self
+        from sslbench.train import resolve_device, use_bf16  # late: torch
+
+        data = self.to_dict()
+        for section in ("pretrain", "downstream"):
+            settings: TrainSettings = getattr(self, section)
+            if settings.precision == "auto":
+                try:
+                    device = resolve_device(settings.device)
+                except ConfigError as exc:
+                    raise ConfigError(f"{section}.precision auto: cannot tell what it means here ({exc}); "
+                                      f"set {section}.precision to bf16 or fp32") from None  # fmt: skip
+                data[section]["precision"] = "bf16" if use_bf16(settings, device) else "fp32"
+        return RunConfig.from_dict(data)
 
     @property
     def pretraining_seed(self) -> int:
@@ -193,12 +230,65 @@ class RunConfig:
             )
 
 
+def _legacy_precision(settings: dict[str, Any]) -> dict[str, Any]:
+    """*settings* (a phase, as a dict) with precision ``fp32`` spelled ``auto``, as cell ids hash it.
+
+    Before precision was resolved (:meth:`RunConfig.resolved`), every recorded cell said ``auto``
+    and ran on AVX2-only machines, where auto meant fp32: hashing fp32 as auto keeps their ids, and
+    new fp32 cells pair with them, while bf16 cells get ids of their own.
+    """
+    return {**settings, "precision": "auto"} if settings.get("precision") == "fp32" else settings
+
+
 def _settings_from_dict(data: dict[str, Any], section: str) -> TrainSettings:
     known = {f.name for f in dataclasses.fields(TrainSettings)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{section}: unknown keys {', '.join(unknown)}")
     return TrainSettings(**data)
+
+
+def _plugin(kind: str, name: str) -> Any:
+    """The installed plugin entry *kind* *name*, or None when there is none."""
+    from sslbench.registry import default_registry  # late: the registry loads every plugin
+
+    try:
+        return default_registry().get(kind, name)
+    except SSLBenchError:
+        return None
+
+
+def dataset_version(name: str) -> Any:
+    """The ``version`` dataset *name* declares (``RENDER_VERSION`` of ``synthetic``), or None.
+
+    Datasets read from files declare none (their ids and keys stay as they were); one that
+    generates its images declares one, so a change of its generator renames its cells and
+    pretext cache entries instead of mixing old and new images under one id.
+    """
+    entry = _plugin("dataset", name)
+    return entry.version if entry is not None else None
+
+
+_NO_DEFAULT = object()
+
+
+def canonical_options(kind: str, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """*options* of plugin *kind* *name* without those at the plugin's default (:meth:`Entry.defaults`).
+
+    Spelling out a default (``--pretext-opt augment=true``) is the same configuration, so it
+    hashes the same: ``{}`` stays ``{}`` and earlier ids stay valid. Options of a plugin that is
+    not installed are kept as given.
+    """
+    if not options:
+        return options
+    entry = _plugin(kind, name)
+    defaults = entry.defaults() if entry is not None else {}
+
+    def at_default(key: str, value: Any) -> bool:
+        default = defaults.get(key, _NO_DEFAULT)
+        return default is not _NO_DEFAULT and isinstance(value, bool) == isinstance(default, bool) and value == default
+
+    return {key: value for key, value in options.items() if not at_default(key, value)}
 
 
 def config_hash(data: Any, length: int = 12) -> str:
@@ -209,12 +299,19 @@ def config_hash(data: Any, length: int = 12) -> str:
 
 # ------------------------------------------------------------------------------ profiles
 
-#: profile name -> overrides of RunConfig defaults (nested dicts for sections)
+#: the CPM entries of ``plugins/cpm.py``: the backbones the profiles size with ``width`` and ``norm``
+CPM_BACKBONES = ("cpm", "cpm3", "cpm4", "cpm5", "cpm6")
+
+#: profile name -> overrides of RunConfig defaults (nested dicts for sections). ``backbone_options``
+#: apply to every backbone; ``per_backbone`` maps a backbone name to the options the profile gives
+#: that backbone only (merged over the common ones), so another backbone never receives options
+#: it does not know (a timm backbone has no ``norm``).
 PROFILES: dict[str, dict[str, Any]] = {
     # The report / CPM paper: 368 px, full width, 6 stages, SGD at lr 4e-6 on a summed
     # per-image loss, batch 12 (downstream) / 10 (pretext), early stop after 50 epochs.
     "paper": {
-        "backbone_options": {"input_size": 368, "width": 1.0},
+        "backbone_options": {"input_size": 368},
+        "per_backbone": {name: {"width": 1.0} for name in CPM_BACKBONES},
         "sigma": 3.0,
         "loss_scale": "sum",
         "pretrain": {
@@ -230,20 +327,24 @@ PROFILES: dict[str, dict[str, Any]] = {
     # it the thin, deep CPM's ReLUs die within 20 Adam steps on pretext losses and rotation stays
     # at chance). See README "Profiles" for the sizing and the measurements.
     "cpu": {
-        "backbone_options": {"input_size": 128, "width": 0.125, "norm": "batch"},
+        "backbone_options": {"input_size": 128},
+        "per_backbone": {name: {"width": 0.125, "norm": "batch"} for name in CPM_BACKBONES},
         "sigma": 1.0,
+        # fp32, not auto: it runs on every machine, while emulated bf16 is about 20x slower on
+        # AVX2-only CPUs; every committed cpu-profile cell ran fp32 (README "Profiles")
         "pretrain": {
             "epochs": 5, "batch_size": 16, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
-            "samples_per_epoch": 3000, "val_samples": 500, "num_workers": 1,
+            "samples_per_epoch": 3000, "val_samples": 500, "num_workers": 1, "precision": "fp32",
         },
         "downstream": {
             "epochs": 60, "batch_size": 16, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
-            "warmup_epochs": 1, "patience": 15, "num_workers": 1,
+            "warmup_epochs": 1, "patience": 15, "num_workers": 1, "precision": "fp32",
         },
     },
     # Seconds: for tests and trying the command line.
     "smoke": {
-        "backbone_options": {"input_size": 64, "width": 0.125},
+        "backbone_options": {"input_size": 64},
+        "per_backbone": {name: {"width": 0.125} for name in CPM_BACKBONES},
         "sigma": 1.0,
         "pretext_images": 32,
         "pretrain": {"epochs": 1, "batch_size": 8, "num_workers": 0, "val_samples": 8},
@@ -253,15 +354,19 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def profile_config(profile: str) -> RunConfig:
+def profile_config(profile: str, backbone: str | None = None) -> RunConfig:
+    """The run config of *profile*, with the backbone options it gives *backbone* (default: its own, cpm6)."""
     if profile not in PROFILES:
         import difflib
 
         close = difflib.get_close_matches(profile, list(PROFILES), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"--profile: unknown profile {profile!r}.{hint} Available: {', '.join(PROFILES)}")
-    config = RunConfig(profile=profile)
-    return apply_overrides(config, PROFILES[profile])
+    overrides = dict(PROFILES[profile])
+    per_backbone = overrides.pop("per_backbone", {})
+    config = apply_overrides(RunConfig(profile=profile), overrides)
+    name = backbone or config.backbone
+    return apply_overrides(config, {"backbone": name, "backbone_options": per_backbone.get(name, {})})
 
 
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:

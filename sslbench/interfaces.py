@@ -43,6 +43,9 @@ class ImageDataset(ABC):
     name: ClassVar[str]
     #: split protocols this dataset understands, first is the default
     protocols: ClassVar[tuple[str, ...]] = ("standard",)
+    #: bumped when the images or labels this dataset yields change (e.g. a generator's renderer);
+    #: when set, cell ids and pretext cache keys include it. None: files on disk, named by root.
+    version: ClassVar[int | str | None] = None
 
     def __init__(self, root: Path | None) -> None:
         self.root = root

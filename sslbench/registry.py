@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib.metadata
+import inspect
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -46,6 +47,32 @@ class Entry:
 
     def create(self, **options: Any) -> Any:
         return self.factory(**options)
+
+    def defaults(self) -> dict[str, Any]:
+        """The options the factory takes that have a default, with it: a ``defaults`` attribute of the
+        factory when it has one (a dict, or a function returning one), else the factory's signature
+        (a class's ``__init__``; wrappers made with :func:`functools.wraps` are looked through)."""
+        declared = getattr(self.factory, "defaults", None)
+        if declared is not None:
+            return dict(declared() if callable(declared) else declared)
+        try:
+            parameters = inspect.signature(self.factory).parameters.values()
+        except (TypeError, ValueError):  # a builtin or other callable without a signature
+            return {}
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return {p.name: p.default for p in parameters if p.kind in kinds and p.default is not inspect.Parameter.empty}
+
+    @property
+    def version(self) -> Any:
+        """The ``version`` the factory (a class, or a :func:`functools.partial` of one) declares, or None.
+
+        A dataset declares one when the images it yields change between releases (a renderer);
+        cell ids and pretext cache keys then include it.
+        """
+        target = self.factory
+        while isinstance(target, functools.partial):
+            target = target.func
+        return getattr(target, "version", None)
 
 
 class Registry:

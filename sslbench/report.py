@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from sslbench.config import at_later_default, profile_config
+from sslbench.config import at_later_default, canonical_options, profile_config
 from sslbench.errors import ConfigError
 from sslbench.joints import PARTS
 
@@ -148,10 +148,10 @@ def _distinguishing(df: pd.DataFrame) -> list[str]:
 
 
 @functools.cache
-def _profile_defaults(profile: str) -> dict[str, Any]:
-    """The flattened settings of *profile* (``pretrain.epochs`` -> 5); empty for an unknown profile."""
+def _profile_defaults(profile: str, backbone: str | None = None) -> dict[str, Any]:
+    """The flattened settings of *profile* for *backbone* (``pretrain.epochs`` -> 5); empty for an unknown profile."""
     try:
-        return pd.json_normalize(profile_config(profile).to_dict(), sep=".").iloc[0].to_dict()
+        return pd.json_normalize(profile_config(profile, backbone).to_dict(), sep=".").iloc[0].to_dict()
     except ConfigError:  # a record from a profile this version no longer has
         return {}
 
@@ -162,7 +162,15 @@ def _at_default(row: pd.Series, column: str) -> bool:
     if column in _ALWAYS_NAMED:
         return False
     name = column.removeprefix("config.")
-    defaults = _profile_defaults(str(row.get("config.profile")))
+    backbone = row.get("config.backbone")
+    defaults = _profile_defaults(str(row.get("config.profile")), backbone if isinstance(backbone, str) else None)
+    if name.startswith("backbone_options.") and name not in defaults and _hashable(row[column]) is None:
+        return True  # an option the profile gives other backbones only (a CPM's norm on a timm row)
+    if name.startswith("pretext_options.") and _hashable(row[column]) is not None:
+        option, value = name.removeprefix("pretext_options."), row[column]  # spelled out at the pretext's default?
+        value = value.item() if isinstance(value, np.generic) else value
+        if not canonical_options("pretext", str(row.get("config.pretext")), {option: value}):
+            return True
     return at_later_default(name, row[column]) or (
         name in defaults and _hashable(defaults[name]) == _hashable(row[column])
     )
@@ -393,9 +401,31 @@ def _header(report: Report, sources: Sequence[str]) -> list[str]:
             f"{compute['downstream']:.1f} h downstream training, {compute['eval']:.1f} h evaluation); "
             "a cached pretraining counts once."
         )
+    precision = _precision_line(report.df)
+    if precision:
+        lines.append(precision)
     if report.row_keys:
         lines.append("Settings that differ between cells (in row labels): " + ", ".join(k.removeprefix("config.") for k in report.row_keys) + ".")
     return lines
+
+
+def _precision_line(df: pd.DataFrame) -> str | None:
+    """Which precisions the cells trained at (records from before precision was recorded load as fp32).
+
+    Cells at different precisions never share a row: the precision is a setting like any other,
+    named in the labels of rows that ran off their profile's.
+    """
+    if "config.downstream.precision" not in df.columns or df.empty:
+        return None
+    pose = df["config.downstream.precision"].astype(str)
+    pretext = df["config.pretrain.precision"].astype(str) if "config.pretrain.precision" in df.columns else pose
+    trains = df["pretext"] != "none" if "pretext" in df.columns else pd.Series(False, index=df.index)
+    ran = pd.Series([d if not t or p == d else f"{p} pretext + {d} pose" for d, p, t in zip(pose, pretext, trains)])
+    counts = ran.value_counts()
+    if len(counts) == 1:
+        return f"Precision: {counts.index[0]} in every cell."
+    listed = ", ".join(f"{name} in {n} cell(s)" for name, n in sorted(counts.items()))
+    return f"Precision: {listed}; rows that ran at another precision than their profile's say so in their label."
 
 
 def render(report: Report, fmt: str, sources: Sequence[str] = ()) -> str:

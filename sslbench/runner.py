@@ -52,6 +52,7 @@ def run_cell(
     console = console or Console(quiet=True)
     registry = registry or default_registry()
     config.validate()
+    config = config.resolved()  # precision auto -> bf16/fp32 on this machine, before the id is taken
     cid = config.cell_id
     run_dir = Path(workdir) / "cells" / cid
     result_path = run_dir / "result.json"
@@ -78,7 +79,7 @@ def run_cell(
     started = time.perf_counter()
     # described now, not at the end: the commit is that of the code this run imported, even when the
     # checkout moves on while it trains
-    env = environment.describe(resolve_device(config.downstream.device))
+    env = environment.describe(resolve_device(config.downstream.device), config.downstream.precision)
 
     pose = PoseTask(sigma=config.sigma, loss_scale=config.loss_scale)
     cell = Cell(config, registry, Path(workdir), run_dir, data, splits, pose, resume=resume, console=console)
@@ -107,7 +108,7 @@ def run_cell(
         "strategy": cell.label,
         "config": config.to_dict(),
         "seed": config.seed,
-        "train_size": len(splits.train),
+        "train_size": len(splits.train),  # the budget (the whole pool when None), not a per-epoch cap
         "metrics": pose_metrics(test_metrics, fitted),
         "pretext_metrics": pretrained["metrics"] if pretrained else {},
         **({"strategy_metrics": cell.metrics} if cell.metrics else {}),

@@ -373,6 +373,13 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
     policies = [(text, *split_policy(text, spec.where("policies", value=text))) for text in spec.policies]
     train_sizes = spec.train_sizes or [base.train_size]
     seeds = spec.seeds or [base.seed]
+    # the options the profile gives each backbone (a CPM's width and norm are not a timm backbone's), then [set]
+    backbone_options = {}
+    for name in backbones:
+        config = profile_config(spec.profile, name)
+        for override in spec.overrides:
+            config = _apply_override(config, override, types)
+        backbone_options[name] = config.backbone_options
     data = spec.data or base.data
     pretext_data = spec.pretext_data or base.pretext_data
 
@@ -428,7 +435,7 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
         for key in ("root", "protocol", "pretext_root", "unlabelled_data", "unlabelled_root"):
             if getattr(spec, key) is not None:
                 fields[key] = getattr(spec, key)
-        fields["backbone_options"] = {**base.backbone_options, **spec.backbone_options.get(backbone, {})}
+        fields["backbone_options"] = {**backbone_options[backbone], **spec.backbone_options.get(backbone, {})}
         fields["pretext_options"] = {**base.pretext_options, **spec.pretext_options.get(pretext, {})}
         name = RunConfig(pretext=pretext, strategy=strategy_name).strategy_name
         fields["strategy_options"] = {**base.strategy_options, **spec.strategy_options.get(name, {})}
@@ -453,6 +460,7 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
         config = RunConfig.from_dict(fields)
         try:
             config.validate()
+            config = config.resolved()  # precision auto -> bf16/fp32 here: the id the runner will record
             cell = Cell.of(config, registry)
         except ConfigError as exc:
             raise ConfigError(f"sweep {spec.name}, cell {combination}: {exc}") from None
@@ -546,45 +554,39 @@ class CellEstimate:
 def measure_throughput(config: RunConfig, registry: Registry, budget_s: float = 3.0, max_batch: int = 8) -> float:
     """Training images per second of the config's backbone, timed on random tensors.
 
-    Real optimiser steps of :func:`sslbench.train.train_step` (the step ``fit`` takes:
-    forward, pose loss on every stage, backward, SGD) on the device, in the precision
-    and memory format the downstream training would use, for about *budget_s* seconds
-    (at least three steps). A network that needs more than that for one image is timed
-    on single images (a slight underestimate of its batched speed).
+    The step and its timing are those of ``sslbench bench`` (:func:`sslbench.bench.time_training`):
+    real optimiser steps of :func:`sslbench.train.train_step` (the step ``fit`` takes: forward, pose
+    loss on every stage, backward, the downstream optimiser) on the device, in the precision and
+    memory format the downstream training would use, after an untimed warm-up; the median step
+    (robust to other processes' bursts) gives the speed. About *budget_s* seconds (3 to 20 steps);
+    a network that needs more than that for one image is timed on single images (a slight
+    underestimate of its batched speed).
     """
     import torch
 
+    from sslbench.bench import PROFILE, time_training
     from sslbench.pose import PoseTask
-    from sslbench.train import prepare_model, resolve_device, train_step
+    from sslbench.train import resolve_device
 
-    settings = config.downstream
-    device = resolve_device(settings.device)
+    device = resolve_device(config.downstream.device)
     net = registry.create("backbone", config.backbone, "--backbones", num_outputs=NUM_JOINTS + 1, **config.backbone_options)
-    channels_last = prepare_model(net, device, settings)
-    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-6)
     size, maps = int(net.input_size), int(net.input_size) // int(net.stride)
-    task = PoseTask()
-    net.train()
 
-    def timed_step(batch: int) -> float:
+    def timed(batch: int, steps: int) -> dict[str, Any]:
         data = {"image": torch.randn(batch, 3, size, size), "centermap": torch.rand(batch, 1, size, size),
                 "target": torch.rand(batch, NUM_JOINTS + 1, maps, maps)}  # fmt: skip
-        start = time.perf_counter()
-        train_step(net, task, data, optimizer, device, settings, channels_last)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        settings = dataclasses.replace(config.downstream, batch_size=batch)
+        (run,) = time_training(net, PoseTask(), data, settings, [PROFILE], steps, device)
+        if run["error"]:
+            raise RuntimeError(run["error"])
+        return run
 
-    timed_step(1)  # warm-up: allocation, kernel selection
-    single = timed_step(1)
-    batch = max(1, min(settings.batch_size, max_batch))
-    if batch == 1 or single > budget_s:  # e.g. the paper's network on a CPU: seconds per image
-        return 1.0 / single
-    timed_step(batch)  # warm-up at the full batch size
-    times: list[float] = []
-    while len(times) < 3 or (sum(times) < budget_s and len(times) < 20):
-        times.append(timed_step(batch))
-    return batch / statistics.median(times)  # the median step: robust to other processes' bursts
+    single = timed(1, 1)
+    batch = max(1, min(config.downstream.batch_size, max_batch))
+    if batch == 1 or single["step_s"] > budget_s:  # e.g. the paper's network on a CPU: seconds per image
+        return single["images_per_s"]
+    steps = max(3, min(20, int(budget_s / (single["step_s"] * batch))))  # a batch takes at most batch x one image
+    return timed(batch, steps)["images_per_s"]
 
 
 class Estimator:
@@ -757,13 +759,14 @@ def _now() -> str:
 def failed_record(cell: Cell, error: str, seconds: float, log: Path | None = None) -> dict[str, Any]:
     """The record of a cell that raised: what is known about it, the error, no metrics."""
     config = cell.config
-    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                           "precision": config.downstream.precision}  # fmt: skip
     if "torch" in sys.modules:  # the full description needs torch: only when it is loaded anyway
         try:
             from sslbench import environment
             from sslbench.train import resolve_device
 
-            env = environment.describe(resolve_device(config.downstream.device))
+            env = environment.describe(resolve_device(config.downstream.device), config.downstream.precision)
         except Exception:  # describing the machine must not hide the real error
             pass
     return {
@@ -774,7 +777,7 @@ def failed_record(cell: Cell, error: str, seconds: float, log: Path | None = Non
         "strategy": cell.row,
         "config": config.to_dict(),
         "seed": config.seed,
-        "train_size": config.train_size,
+        "train_size": train_budget(config),
         "metrics": {},
         "pretext_metrics": {},
         "timing": {"total_s": seconds},
@@ -782,6 +785,21 @@ def failed_record(cell: Cell, error: str, seconds: float, log: Path | None = Non
         "files": {"log": str(log)} if log else {},
         "created": _now(),
     }
+
+
+def train_budget(config: RunConfig) -> int | None:
+    """Labelled training images of *config*'s cell, as its record states them: ``train_size``, or the
+    whole pool when that is None (None when the dataset cannot be opened, e.g. what made it fail)."""
+    if config.train_size is not None:
+        return config.train_size
+    try:
+        from sslbench.registry import default_registry
+
+        root = Path(config.root) if config.root else None
+        data = default_registry().create("dataset", config.data, "--data", root=root, **config.data_options)
+        return len(data.splits(config.protocol, None, config.seed).train)
+    except Exception:  # the record of a failure must not fail
+        return None
 
 
 def _default_runner() -> Runner:
@@ -865,12 +883,6 @@ def worker_threads(workers: int, cores: int | None = None) -> tuple[int, int]:
     cores = cores or cpu_count()
     threads = max(1, cores // max(1, workers))
     return threads, threads // 2
-
-
-def max_loader_workers(requested: int) -> int:
-    """*requested* data-loader workers, capped when a parallel sweep set :data:`LOADER_WORKERS_ENV`."""
-    cap = os.environ.get(LOADER_WORKERS_ENV)
-    return min(requested, int(cap)) if cap and cap.isdigit() else requested
 
 
 _EXIT = {"done": 0, "failed": 10, "skipped": 11, "busy": 12}

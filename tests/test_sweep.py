@@ -35,7 +35,6 @@ from sslbench.sweep import (
     expand,
     find_line,
     load_spec,
-    max_loader_workers,
     next_cell,
     parse_shard,
     run_sweep,
@@ -504,11 +503,9 @@ def test_sigterm_stops_a_parallel_sweep_and_its_workers_without_recording_a_fail
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_workers_split_cores_without_oversubscribing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_split_cores_without_oversubscribing() -> None:
     assert worker_threads(4, cores=16) == (4, 2)
     assert worker_threads(3, cores=2) == (1, 0)
-    monkeypatch.setenv("SSLBENCH_MAX_LOADER_WORKERS", "2")
-    assert max_loader_workers(4) == 2 and max_loader_workers(1) == 1
 
 
 # ------------------------------------------------------------------------------ estimates
@@ -583,7 +580,7 @@ def test_cli_dry_run_prints_plan_pretrainings_pruned_and_estimate(cli: CliRunner
     assert "10 cells" in result.output
     assert "pretext pretrainings" in result.output and "P2" in result.output
     assert "pretext none x policy first:" in result.output
-    assert "estimated time left" in result.output and "measured on random tensors" in result.output
+    assert "estimated time left" in result.output and "measured on random tensors" in " ".join(result.output.split())
     assert "2 pretext pretraining(s), 0 cached in runs" in " ".join(result.output.split())
     assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
 
