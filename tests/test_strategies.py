@@ -216,6 +216,10 @@ def test_pseudo_labels_are_stored_with_the_cell_and_reused_when_it_resumes(tmp_p
     assert record["strategy_metrics"]["round1.images_kept"] == 8
     assert {"teacher_s", "pseudo_label_s", "student1_s"} <= set(record["timing"])
     assert "round1.val_pck@0.2_all" in record["strategy_metrics"]
+    supervised = RunConfig.from_dict({**config.to_dict(), "strategy": None, "strategy_options": {}, "unlabelled_data": None})
+    teacher_curves = tmp_path / "cells" / supervised.cell_id / "downstream" / "metrics.jsonl"
+    assert teacher_curves.exists()  # the teacher is the supervised cell's run: trained once, for both
+    assert run_cell(supervised, tmp_path)["metrics"]["val_pck@0.2"] == record["strategy_metrics"]["teacher_val_pck@0.2"]
 
     import sslbench_plugins.pseudo_label as plugin
 
