@@ -4,7 +4,8 @@ trains on both.
 1. Teacher: the cell's initialisation (random, or a pretext pretraining transferred by the policy),
    trained on the labelled budget: exactly the supervised (or transfer) cell of the same seed and
    budget, so it is trained in that cell's run directory, once, and reused by every cell that
-   needs it (its training time is still counted in ``timing.teacher_s``).
+   needs it (``timing.teacher_s`` is its training time when this cell trained it, 0 when it was
+   reused, like a cached pretraining; ``timing.teacher_train_s`` is its training time either way).
 2. Pseudo-labels: on ``images`` images of the unlabelled pool's training split (a seeded subset;
    held-out images are never used) the teacher predicts twice: on the centred square of at most
    ``crop`` pixels, then on the square around the joints it found there (20 % margin, as labelled
@@ -39,7 +40,7 @@ from sslbench.registry import Entry, Registry
 from sslbench.semi import Concat, JointsOverride, MaskedPoseTask, MixedTaskDataset, check_options, option, unlabelled_crop
 from sslbench.splits import budget
 from sslbench.strategies import Cell, check_transfer_pair, require_unlabelled, transfer_label
-from sslbench.train import FitResult, resolve_device
+from sslbench.train import FitResult, finished, resolve_device
 
 DEFAULTS: dict[str, Any] = {
     "threshold": 0.4, "min_joints": 6, "images": 3000, "per_epoch": 0, "rounds": 1, "crop": 220.0,
@@ -109,8 +110,11 @@ class PseudoLabel(Strategy):
     def train(self, cell: Cell, model: Backbone) -> FitResult:
         o = self.options(cell.config)
         started = time.perf_counter()
+        reused = finished(cell.shared_labelled_dir())
         teacher_fit = cell.fit_labelled(model, "teacher", shared=True)  # the supervised (or transfer) cell's run
-        cell.timings["teacher_s"] = teacher_fit.train_seconds
+        # like a cached pretraining, a teacher trained by another cell costs this one nothing
+        cell.timings.update(teacher_s=0.0 if reused else teacher_fit.train_seconds, teacher_cached=reused,
+                            teacher_train_s=teacher_fit.train_seconds)  # fmt: skip
         cell.metrics["teacher_val_pck@0.2"] = teacher_fit.best_metrics.get("pck@0.2")
         pool, pool_indices = cell.unlabelled_pool()
         chosen = budget(pool_indices, min(o["images"], len(pool_indices)), cell.config.seed, "strategy option images")

@@ -386,7 +386,11 @@ def compute_hours(df: pd.DataFrame) -> dict[str, float] | None:
     phases = {"pretrain": "timing.pretrain_s", "downstream": "timing.downstream_s", "eval": "timing.eval_s"}
     if not all(column in df.columns for column in phases.values()):
         return None
+    # a strategy's own phases (a teacher, pseudo-labelling, ...): the other seconds of its timing
+    known = {*phases.values(), "timing.total_s", "timing.teacher_train_s"}
+    own = [c for c in df.columns if c.startswith("timing.") and c.endswith("_s") and not c.endswith("_per_s") and c not in known]
     hours = {name: float(pd.to_numeric(df[column], errors="coerce").fillna(0).sum()) / 3600 for name, column in phases.items()}
+    hours["strategy"] = sum(float(pd.to_numeric(df[c], errors="coerce").fillna(0).sum()) for c in own) / 3600
     return {**hours, "total": sum(hours.values())}
 
 
@@ -398,8 +402,10 @@ def _header(report: Report, sources: Sequence[str]) -> list[str]:
     if compute:
         lines.append(
             f"Compute: {compute['total']:.1f} h of run time ({compute['pretrain']:.1f} h pretext pretraining, "
-            f"{compute['downstream']:.1f} h downstream training, {compute['eval']:.1f} h evaluation); "
-            "a cached pretraining counts once."
+            f"{compute['downstream']:.1f} h downstream training, "
+            + (f"{compute['strategy']:.1f} h strategies' own phases (teachers, pseudo-labelling), " if compute["strategy"] else "")
+            + f"{compute['eval']:.1f} h evaluation); a cached pretraining"
+            + (" or a shared teacher" if compute["strategy"] else "") + " counts once."
         )
     precision = _precision_line(report.df)
     if precision:

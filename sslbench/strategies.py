@@ -198,9 +198,13 @@ class Cell:
         the run directory of the cell that trains exactly this (:meth:`labelled_cell`), so every cell
         that needs it (a pseudo-labelling teacher) trains it once, and a finished one is reused."""
         train_set, val_set = self.labelled_sets(model)
-        directory = self.workdir / "cells" / self.labelled_cell().cell_id / "downstream" if shared else None
+        directory = self.shared_labelled_dir() if shared else None
         label = f"pose {self.label}" + ("" if name == "downstream" else f" {name}")
         return self.fit(model, self.pose, train_set, val_set, name, label, directory)
+
+    def shared_labelled_dir(self) -> Path:
+        """The run directory where :meth:`labelled_cell` trains its network."""
+        return self.workdir / "cells" / self.labelled_cell().cell_id / "downstream"
 
     def labelled_cell(self) -> RunConfig:
         """This cell's config as the strategy its initialisation implies (supervised, or transfer):

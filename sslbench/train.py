@@ -686,6 +686,15 @@ def _result(state: _Progress, task: Task) -> FitResult:
     )
 
 
+def finished(run_dir: Path) -> bool:
+    """Whether *run_dir* holds a finished :func:`fit` (its last checkpoint says so)."""
+    sidecar = checkpoint_paths(Path(run_dir) / LAST)[1]
+    try:
+        return bool(json.loads(sidecar.read_text(encoding="utf-8"))["fit"]["done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def _load_last(path: Path, fit_key: str, resume: bool, say: Console | None) -> Checkpoint | None:
     """The run's last checkpoint if it exists, belongs to this run and is readable."""
     if not resume or not checkpoint_exists(path):

@@ -331,3 +331,23 @@ def test_cli_report_on_empty_directory_is_one_line_exit_2(tmp_path: Path) -> Non
     assert result.output.strip().splitlines() == [
         f"error: {tmp_path / 'empty'}: no readable result records in cells/; run `sslbench sweep` first"
     ]
+
+
+def test_semi_supervised_rows_pair_with_supervised_and_their_own_phases_count_as_compute(tmp_path: Path):
+    out = tmp_path / "semi"
+    for seed, (baseline, semi) in enumerate([(50.0, 55.0), (52.0, 58.0), (49.0, 53.0)]):
+        write_record(out, make_record(tmp_path, "supervised", seed, baseline))
+        record = make_record(tmp_path, "supervised", seed, semi)
+        config = RunConfig.from_dict({**record["config"], "strategy": "pseudo-label", "unlabelled_data": "lspet",
+                                      "unlabelled_root": f"/data{seed}", "strategy_options": {"threshold": 0.3}})  # fmt: skip
+        record.update(cell_id=config.cell_id, config=config.to_dict(), strategy="pseudo-label")
+        record["timing"].update(pretrain_s=0.0, downstream_s=3600.0, eval_s=0.0, teacher_s=1800.0,
+                                teacher_train_s=1800.0, pseudo_label_s=1800.0)  # fmt: skip
+        write_record(out, record)
+    report = build_report(load_results(out, warn=lambda message: None))
+    row = report.summary.set_index("row").loc["pseudo-label"]
+    assert row["n_pairs"] == 3 and row["diff"] == pytest.approx(5.0)  # paired by seed, pool paths ignored
+    hours = compute_hours(report.df)
+    assert hours["strategy"] == pytest.approx(3.0) and hours["downstream"] == pytest.approx(3.0)
+    assert "1.5 h strategies' own phases" not in render(report, "markdown")
+    assert "3.0 h strategies' own phases (teachers, pseudo-labelling)" in render(report, "markdown")

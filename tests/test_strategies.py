@@ -221,6 +221,16 @@ def test_pseudo_labels_are_stored_with_the_cell_and_reused_when_it_resumes(tmp_p
     assert teacher_curves.exists()  # the teacher is the supervised cell's run: trained once, for both
     assert run_cell(supervised, tmp_path)["metrics"]["val_pck@0.2"] == record["strategy_metrics"]["teacher_val_pck@0.2"]
 
+    grid = tmp_path / "pseudo.png"
+    preview = CliRunner().invoke(main, ["data", "preview", "--data", "synthetic-unlabelled", "--pseudo-labels", str(labels),
+                                        "--count", "4", "--input-size", "64", "--out", str(grid)])  # fmt: skip
+    assert preview.exit_code == 0, preview.output
+    assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    labels.with_name("broken.json").write_text("{}")
+    broken = CliRunner().invoke(main, ["data", "preview", "--data", "synthetic-unlabelled",
+                                       "--pseudo-labels", str(labels.with_name("broken.json"))])  # fmt: skip
+    assert broken.exit_code == 2 and "not a pseudo-label file" in broken.output and "Traceback" not in broken.output
+
     import sslbench_plugins.pseudo_label as plugin
 
     (tmp_path / "cells" / config.cell_id / "result.json").unlink()  # an unfinished cell: resume it
