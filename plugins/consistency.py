@@ -29,7 +29,7 @@ from torch import nn
 
 from sslbench.data import TaskDataset
 from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Backbone, Geometry, ImageDataset, SampleKey, Strategy
+from sslbench.interfaces import Backbone, Geometry, ImageDataset, Strategy
 from sslbench.joints import FLIP_INDEX, NUM_JOINTS
 from sslbench.pipeline import Augment, centre_map_tensor, crop_matrix, to_tensor, warp
 from sslbench.pose import PoseTask

@@ -29,15 +29,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from sslbench import metrics as pose_metrics
 from sslbench.atomic import read_json, write_json
 from sslbench.errors import ConfigError
 from sslbench.hookspecs import hookimpl
 from sslbench.interfaces import Backbone, Geometry, ImageDataset, Strategy
-from sslbench import metrics as pose_metrics
 from sslbench.pipeline import centre_map_tensor, crop_matrix, person_box, to_tensor, warp
 from sslbench.pose import decode_joints
 from sslbench.registry import Entry, Registry
-from sslbench.semi import Concat, JointsOverride, MaskedPoseTask, MixedTaskDataset, check_options, option, unlabelled_crop
+from sslbench.semi import (
+    Concat,
+    JointsOverride,
+    MaskedPoseTask,
+    MixedTaskDataset,
+    check_options,
+    option,
+    unlabelled_crop,
+)
 from sslbench.splits import budget
 from sslbench.strategies import Cell, check_transfer_pair, require_unlabelled, transfer_label
 from sslbench.train import FitResult, finished, resolve_device

@@ -17,8 +17,7 @@ from sslbench.errors import ConfigError
 from sslbench.hookspecs import hookimpl
 from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey, Strategy
 from sslbench.pretexts import pretext_factory
-from sslbench.registry import Entry
-from sslbench.registry import Registry
+from sslbench.registry import Entry, Registry
 from sslbench.strategies import check_transfer_pair, pretrains
 
 

@@ -185,29 +185,6 @@ class RunConfig:
             key["pretext_data_version"] = version
         return key
 
-    def resolved(self) -> "RunConfig":
-        """A copy with each phase's precision ``auto`` replaced by what it means on this machine and
-        that phase's device (``bf16`` or ``fp32``, :func:`sslbench.train.use_bf16`).
-
-        Runs and sweeps resolve a config before taking its :attr:`cell_id` and storing it, so a
-        record says which precision ran and cells that ran at different precisions differ.
-        """
-        if "auto" not in (self.pretrain.precision, self.downstream.precision):
-            return self
-        from sslbench.train import resolve_device, use_bf16  # late: torch
-
-        data = self.to_dict()
-        for section in ("pretrain", "downstream"):
-            settings: TrainSettings = getattr(self, section)
-            if settings.precision == "auto":
-                try:
-                    device = resolve_device(settings.device)
-                except ConfigError as exc:
-                    raise ConfigError(f"{section}.precision auto: cannot tell what it means here ({exc}); "
-                                      f"set {section}.precision to bf16 or fp32") from None  # fmt: skip
-                data[section]["precision"] = "bf16" if use_bf16(settings, device) else "fp32"
-        return RunConfig.from_dict(data)
-
     @property
     def pretraining_seed(self) -> int:
         return self.seed if self.pretrain_seed is None else self.pretrain_seed

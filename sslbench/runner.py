@@ -31,7 +31,7 @@ from sslbench.phases import open_dataset
 from sslbench.pose import PoseTask
 from sslbench.registry import Registry, default_registry
 from sslbench.strategies import Cell, strategy_of
-from sslbench.train import evaluate, resolve_device
+from sslbench.train import evaluate, resolve_device, resolve_precision
 
 RECORD_SCHEMA = 1
 
@@ -52,7 +52,7 @@ def run_cell(
     console = console or Console(quiet=True)
     registry = registry or default_registry()
     config.validate()
-    config = config.resolved()  # precision auto -> bf16/fp32 on this machine, before the id is taken
+    config = resolve_precision(config)  # precision auto -> bf16/fp32 on this machine, before the id is taken
     cid = config.cell_id
     run_dir = Path(workdir) / "cells" / cid
     result_path = run_dir / "result.json"

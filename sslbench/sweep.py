@@ -422,6 +422,8 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
             except SSLBenchError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
 
+    from sslbench.train import resolve_precision  # late: torch
+
     pruned: dict[str, str] = {}
     cells: dict[str, Cell] = {}
     profile_fields = profile.to_dict()
@@ -460,7 +462,7 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
         config = RunConfig.from_dict(fields)
         try:
             config.validate()
-            config = config.resolved()  # precision auto -> bf16/fp32 here: the id the runner will record
+            config = resolve_precision(config)  # precision auto -> bf16/fp32 here: the id the runner will record
             cell = Cell.of(config, registry)
         except ConfigError as exc:
             raise ConfigError(f"sweep {spec.name}, cell {combination}: {exc}") from None

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from sslbench import phases, runner
-from sslbench.registry import default_registry
-from sslbench.strategies import transfer_label
 from sslbench.cli_run import build_config
 from sslbench.config import RunConfig, profile_config
 from sslbench.registry import default_registry
 from sslbench.strategies import transfer_label
 from sslbench.sweep import SweepSpec, expand
+from sslbench.train import resolve_precision
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
@@ -151,7 +149,7 @@ def test_auto_is_resolved_for_the_machine_before_the_cell_id(monkeypatch, native
     monkeypatch.setattr(sslbench.train, "cpu_has_native_bf16", lambda: native)
     auto = with_precision(rotation(), "auto")
     auto.pretrain.device = auto.downstream.device = "cpu"
-    resolved = auto.resolved()
+    resolved = resolve_precision(auto)
     assert (resolved.pretrain.precision, resolved.downstream.precision) == (precision, precision)
     assert (resolved.cell_id == auto.cell_id) == (precision == "fp32")
     spec = SweepSpec(name="t", profile="smoke", pretexts=["rotation"], policies=["first"], train_sizes=[8], seeds=[0])

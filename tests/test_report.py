@@ -15,12 +15,21 @@ from click.testing import CliRunner
 from PIL import Image
 from scipy import stats
 
-from sslbench.strategies import transfer_label
 from sslbench.config import RunConfig, profile_config
 from sslbench.errors import ConfigError
 from sslbench.joints import JOINT_NAMES, PARTS
-from sslbench.report import build_report, compute_hours, mean_ci, paired_difference, render, resolve_cells, views, write_plots
+from sslbench.report import (
+    build_report,
+    compute_hours,
+    mean_ci,
+    paired_difference,
+    render,
+    resolve_cells,
+    views,
+    write_plots,
+)
 from sslbench.results import load_results, write_record
+from sslbench.strategies import transfer_label
 
 
 def make_record(tmp_path: Path, strategy: str, seed: int, pck: float, train_size: int = 100, backbone: str = "cpm6",
@@ -233,7 +242,7 @@ def test_compute_sums_phase_seconds_not_time_spent_waiting(tmp_path: Path) -> No
         record["timing"] = {"pretrain_s": pretrain, "downstream_s": downstream, "eval_s": evaluation, "total_s": total}
         write_record(out, record)
     df = load_results(out, warn=quiet)
-    assert compute_hours(df) == pytest.approx({"pretrain": 1.0, "downstream": 2.0, "eval": 0.04, "total": 3.04})
+    assert compute_hours(df) == pytest.approx({"pretrain": 1.0, "downstream": 2.0, "strategy": 0.0, "eval": 0.04, "total": 3.04})
     assert "Compute: 3.0 h of run time (1.0 h pretext pretraining, 2.0 h downstream" in render(build_report(df), "markdown")
     assert compute_hours(df.drop(columns=["timing.eval_s"])) is None
 

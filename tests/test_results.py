@@ -15,11 +15,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from sslbench.strategies import transfer_label
 from sslbench.config import RunConfig
 from sslbench.errors import DataError
 from sslbench.joints import JOINT_NAMES, PARTS
 from sslbench.results import ResultsStore, load_results, read_record, write_record
+from sslbench.strategies import transfer_label
 
 
 def record(seed: int = 0, pretext: str = "none", policy: str = "none", freeze: bool = False, pck: float = 60.0,

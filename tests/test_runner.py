@@ -15,6 +15,7 @@ from sslbench.cli import main
 from sslbench.config import LATER_FIELDS, RunConfig, config_hash, profile_config, set_path
 from sslbench.errors import ConfigError
 from sslbench.runner import run_cell
+from sslbench.train import resolve_precision
 from sslbench_plugins.synthetic import RENDER_VERSION
 
 pytestmark = pytest.mark.slow
@@ -179,7 +180,7 @@ def test_transfer_lr_reaches_the_optimiser_of_the_downstream_run(tmp_path: Path)
     result = run_cli("run", *TINY, *args, "--workdir", str(tmp_path / "runs"), "--results", str(tmp_path / "res"))
     assert result.exit_code == 0, result.output
     assert "(lr x0.5)" in result.output  # the transfer table, training column
-    config = tiny_config(pretext="rotation", policy="first", transfer_lr=0.5).resolved()  # the cell the run made
+    config = resolve_precision(tiny_config(pretext="rotation", policy="first", transfer_lr=0.5))  # the cell the run made
     last = load_checkpoint(tmp_path / "runs" / "cells" / config.cell_id / "downstream" / "last")
     base = config.downstream.lr
     assert [g["initial_lr"] for g in last.optimizer["param_groups"]] == pytest.approx([base, base * 0.5])

@@ -20,6 +20,7 @@ from sslbench.registry import default_registry
 from sslbench.runner import run_cell
 from sslbench.semi import MaskedPoseTask
 from sslbench.strategies import label, strategy_of
+from sslbench.train import resolve_precision
 from sslbench_plugins.consistency import map_affine
 
 TINY = [
@@ -208,7 +209,7 @@ def test_pseudo_labels_are_stored_with_the_cell_and_reused_when_it_resumes(tmp_p
         "unlabelled_data": "synthetic-unlabelled", "strategy_options": {"threshold": 0.0, "min_joints": 1, "images": 8},
     })  # fmt: skip
     config = set_path(set_path(config, ["backbone_options", "input_size"], 32), ["downstream", "epochs"], 1)
-    config = set_path(config, ["data_options", "size"], 24).resolved()
+    config = resolve_precision(set_path(config, ["data_options", "size"], 24))
     record = run_cell(config, tmp_path)
     labels = tmp_path / "cells" / config.cell_id / "pseudo-labels-round1.json"
     stored = json.loads(labels.read_text())

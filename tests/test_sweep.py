@@ -22,10 +22,8 @@ from sslbench.errors import ConfigError
 from sslbench.hookspecs import hookimpl
 from sslbench.joints import JOINT_NAMES, PARTS
 from sslbench.registry import Entry, Registry
-from sslbench.strategies import transfer_label
-from sslbench_plugins import supervised as supervised_plugin
-from sslbench_plugins import transfer as transfer_plugin
 from sslbench.results import ResultsStore, load_results, write_record
+from sslbench.strategies import transfer_label
 from sslbench.sweep import (
     Cell,
     Estimator,
@@ -41,6 +39,8 @@ from sslbench.sweep import (
     shard_cells,
     worker_threads,
 )
+from sslbench_plugins import supervised as supervised_plugin
+from sslbench_plugins import transfer as transfer_plugin
 
 # ------------------------------------------------------------------------------ fixtures
 # This module imports no torch at the top: the parallel-workers test spawns processes that
