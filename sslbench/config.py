@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sslbench.errors import ConfigError, SSLBenchError
+from sslbench.errors import ConfigError, SSLBenchError, did_you_mean
 
 
 @dataclass
@@ -349,10 +349,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 def profile_config(profile: str, backbone: str | None = None) -> RunConfig:
     """The run config of *profile*, with the backbone options it gives *backbone* (default: its own, cpm6)."""
     if profile not in PROFILES:
-        import difflib
-
-        close = difflib.get_close_matches(profile, list(PROFILES), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(profile, PROFILES, cutoff=0.6)
         raise ConfigError(f"--profile: unknown profile {profile!r}.{hint} Available: {', '.join(PROFILES)}")
     overrides = dict(PROFILES[profile])
     per_backbone = overrides.pop("per_backbone", {})

@@ -33,11 +33,10 @@ from sslbench.errors import CheckpointError
 from sslbench.interfaces import Backbone, Geometry, ImageDataset, Pretext, Splits, Task
 from sslbench.pose import PoseTask
 from sslbench.registry import Registry, default_registry
+from sslbench.results import SCHEMA
 from sslbench.splits import budget
 from sslbench.train import evaluate, fit, resolve_device
 from sslbench.transfer import transfer
-
-RECORD_SCHEMA = 1
 
 
 def open_dataset(
@@ -131,7 +130,7 @@ def run_cell(
     eval_s = time.perf_counter() - eval_start
 
     record = {
-        "schema": RECORD_SCHEMA,
+        "schema": SCHEMA,
         "cell_id": cid,
         "status": "done",
         "error": None,

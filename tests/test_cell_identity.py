@@ -198,3 +198,12 @@ def test_legacy_auto_loads_as_fp32_and_the_report_keeps_bf16_cells_apart(tmp_pat
     assert rows.loc["supervised [downstream.precision=bf16]", "n"] == 2  # bf16 apart, and saying so
     assert rows.loc["rotation/first", "n_pairs"] == 2  # paired with the fp32 baseline
     assert "Precision: bf16 in 2 cell(s), fp32 in 5 cell(s)" in render(report, "markdown")
+
+
+def test_one_did_you_mean_helper_names_the_closest_names() -> None:
+    from sslbench.errors import did_you_mean
+
+    assert did_you_mean("cmp6", ["cpm6", "timm"]) == " Did you mean 'cpm6'?"
+    several = did_you_mean("resnet", ["resnet18", "resnet50", "vit"], n=3)
+    assert "'resnet18'" in several and "'resnet50'" in several and "vit" not in several
+    assert did_you_mean("zzz", ["cpm6"]) == ""
