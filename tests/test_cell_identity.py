@@ -207,3 +207,16 @@ def test_one_did_you_mean_helper_names_the_closest_names() -> None:
     several = did_you_mean("resnet", ["resnet18", "resnet50", "vit"], n=3)
     assert "'resnet18'" in several and "'resnet50'" in several and "vit" not in several
     assert did_you_mean("zzz", ["cpm6"]) == ""
+
+
+# ------------------------------------------------------------------------ committed results
+
+
+def test_every_committed_record_keeps_its_cell_id() -> None:
+    # A failure means a change renamed committed cells (a sweep would run them again and the
+    # report would pair nothing): hash the new thing only when it is off the old behaviour.
+    paths = sorted(RESULTS.glob("*/cells/*.json"))
+    if not paths:
+        pytest.skip("no committed results in this checkout")
+    renamed = [p.name for p in paths if RunConfig.from_dict(json.loads(p.read_text())["config"]).cell_id != p.stem]
+    assert renamed == [], f"{len(renamed)} of {len(paths)} committed records would get new cell ids"
