@@ -470,7 +470,7 @@ class BenchContext:
 
 
 def _context(config: RunConfig, registry: Registry, max_batch: int) -> BenchContext:
-    from sslbench.runner import build_backbone, open_dataset
+    from sslbench.phases import build_backbone, open_dataset
 
     config.validate()
     device = resolve_device(config.downstream.device)
@@ -587,7 +587,7 @@ def run_bench(config: RunConfig, plan: BenchPlan, registry: Registry | None = No
 def _data_measures(ctx: BenchContext, plan: BenchPlan, train_speed: float | None) -> dict[str, Any]:
     config = ctx.config
     registry = ctx.registry
-    from sslbench.runner import open_dataset
+    from sslbench.phases import open_dataset
 
     # jigsaw puzzles from random images of LSP's size
     jigsaw = registry.create("pretext", JIGSAW_PRETEXT, "--pretext")

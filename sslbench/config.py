@@ -62,7 +62,13 @@ class TrainSettings:
 #: RunConfig fields added after results were first recorded, with the value that reproduces
 #: the behaviour from before them. :meth:`RunConfig.identity` leaves them out at that value, so
 #: the cell ids of earlier records stay valid. A new field goes here, with that value.
-LATER_FIELDS: dict[str, Any] = {"transfer_lr": 1.0}
+LATER_FIELDS: dict[str, Any] = {
+    "transfer_lr": 1.0,
+    "strategy": None,
+    "strategy_options": {},
+    "unlabelled_data": None,
+    "unlabelled_root": None,
+}
 
 
 def at_later_default(name: str, value: Any) -> bool:
@@ -107,6 +113,21 @@ class RunConfig:
     #: pose loss per stage: "mean" squared error, or "sum" = the reference's per-image sum (x m*m*15)
     loss_scale: str = "mean"
     downstream: TrainSettings = field(default_factory=TrainSettings)
+    # how the cell uses unlabelled images (a strategy plugin) and its pose-phase pool
+    #: strategy plugin name; None: the one the pretext implies (see :attr:`strategy_name`)
+    strategy: str | None = None
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    #: unlabelled images used during pose training (semi-supervised strategies)
+    unlabelled_data: str | None = None
+    unlabelled_root: str | None = None
+
+    @property
+    def strategy_name(self) -> str:
+        """The strategy plugin that runs this cell. Before strategies were plugins the pretext
+        alone decided: ``none`` meant supervised training, any other pretext transfer."""
+        if self.strategy is not None:
+            return self.strategy
+        return "supervised" if self.pretext == "none" else "transfer"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -114,8 +135,12 @@ class RunConfig:
     def identity(self) -> dict[str, Any]:
         """The config as :attr:`cell_id` hashes it: :data:`LATER_FIELDS` at their defaults are left out,
         and so are pretext options at the pretext's default (:func:`canonical_options`). The version a
-        dataset declares (:func:`dataset_version`) is added, the unlabelled one's only when a pretext trains."""
-        data = {name: value for name, value in self.to_dict().items() if not at_later_default(name, value)}
+        dataset declares (:func:`dataset_version`) is added: the labelled data's, the pretext data's when
+        a pretext trains, the unlabelled pose-phase data's when there is some."""
+        data = self.to_dict()
+        if data["strategy"] == RunConfig(pretext=self.pretext).strategy_name:
+            data["strategy"] = None  # spelled out or implied, the same cell
+        data = {name: value for name, value in data.items() if not at_later_default(name, value)}
         data["pretext_options"] = canonical_options("pretext", self.pretext, self.pretext_options)
         for section in ("pretrain", "downstream"):
             data[section] = _legacy_precision(data[section])
@@ -123,6 +148,8 @@ class RunConfig:
             data["data_version"] = version
         if self.pretext != "none" and (version := dataset_version(self.pretext_data)) is not None:
             data["pretext_data_version"] = version
+        if self.unlabelled_data is not None and (version := dataset_version(self.unlabelled_data)) is not None:
+            data["unlabelled_data_version"] = version
         return data
 
     @property
@@ -141,13 +168,6 @@ class RunConfig:
             if section in data and isinstance(data[section], dict):
                 data[section] = _settings_from_dict(data[section], section)
         return cls(**data)
-
-    @property
-    def strategy(self) -> str:
-        """``pretext/policy[:frozen]``: the row label of result tables."""
-        if self.pretext == "none":
-            return "supervised"
-        return f"{self.pretext}/{self.policy}{':frozen' if self.freeze else ''}"
 
     def pretext_key(self) -> dict[str, Any]:
         """Everything that determines the pretrained weights (the pretext cache key)."""
@@ -199,16 +219,6 @@ class RunConfig:
         self.downstream.validate("downstream")
         if self.train_size is not None and self.train_size < 1:
             raise ConfigError(f"--train-size must be >= 1, got {self.train_size}")
-        if self.pretext == "none" and self.policy != "none":
-            raise ConfigError(
-                f"--policy {self.policy} needs pretrained weights, but --pretext is none "
-                "(use --policy none for supervised training from scratch)"
-            )
-        if self.pretext != "none" and self.policy == "none":
-            raise ConfigError(
-                f"--pretext {self.pretext} with --policy none would pretrain and then discard the weights; "
-                "choose a policy (all, first, first+middle) or --pretext none"
-            )
         if self.loss_scale not in ("mean", "sum"):
             raise ConfigError(f"loss_scale must be mean or sum, got {self.loss_scale!r}")
         if self.freeze and self.policy == "none":

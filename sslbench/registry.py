@@ -26,6 +26,7 @@ KINDS: dict[str, str] = {
     "pretext": "sslbench_pretexts",
     "policy": "sslbench_policies",
     "dataset": "sslbench_datasets",
+    "strategy": "sslbench_strategies",
 }
 
 
@@ -35,7 +36,7 @@ class PluginLoadWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Entry:
-    """One named thing a plugin provides (a backbone, pretext, policy or dataset)."""
+    """One named thing a plugin provides (a backbone, pretext, policy, dataset or strategy)."""
 
     name: str
     description: str

@@ -41,14 +41,14 @@ FORMATS = ("terminal", "markdown", "csv", "latex", "html")
 #: config columns that never distinguish strategies (the axes, machine paths, parallelism)
 _NOT_DISTINGUISHING = {
     "config.seed", "config.train_size", "config.pretext", "config.policy", "config.freeze",
-    "config.root", "config.pretext_root",
+    "config.root", "config.pretext_root", "config.strategy", "config.unlabelled_root",
 }  # fmt: skip
 #: what a row is run on: always named in a label when it varies, even at the profile's value
 _ALWAYS_NAMED = {"config.profile", "config.backbone", "config.data", "config.protocol", "config.pretext_data"}
-#: settings that supervised cells do not have (pretraining and transfer)
+#: settings that supervised cells do not have (pretraining, transfer, a strategy's options and pool)
 _NOT_SUPERVISED = (
     "config.pretext_options.", "config.pretrain.", "config.pretext_data", "config.pretext_images",
-    "config.pretrain_seed", "config.transfer_lr",
+    "config.pretrain_seed", "config.transfer_lr", "config.strategy_options.", "config.unlabelled_data",
 )  # fmt: skip
 
 

@@ -351,7 +351,7 @@ def train_step(
     """
     batch = batch_to_device(batch, device, channels_last)
     with autocast_context(device, settings):
-        outputs = net(batch["image"], batch.get("centermap"))
+        outputs = task.forward(net, batch)
     loss = task.loss(outputs, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

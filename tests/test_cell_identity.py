@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 
 from sslbench import runner
+from sslbench.phases import pretext_cache_dir
 from sslbench.cli_run import build_config
 from sslbench.config import RunConfig, profile_config
 from sslbench.registry import default_registry
+from sslbench.strategies import label
 from sslbench.sweep import SweepSpec, expand
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -56,14 +58,14 @@ def rotation(**fields) -> RunConfig:
 def test_spelling_out_a_pretext_default_is_the_same_cell_and_cache_entry(tmp_path: Path, pretext: str, options: dict) -> None:
     plain, spelled = rotation(pretext=pretext), rotation(pretext=pretext, pretext_options=options)
     assert spelled.cell_id == plain.cell_id
-    assert runner.pretext_cache_dir(tmp_path, spelled) == runner.pretext_cache_dir(tmp_path, plain)
+    assert pretext_cache_dir(tmp_path, spelled) == pretext_cache_dir(tmp_path, plain)
     assert spelled.to_dict()["pretext_options"] == options  # the record keeps what was asked for
 
 
 def test_pretext_options_off_their_default_name_another_cell_and_cache_entry(tmp_path: Path) -> None:
     plain, other = rotation(), rotation(pretext_options={"augment": False})
     assert other.cell_id != plain.cell_id
-    assert runner.pretext_cache_dir(tmp_path, other) != runner.pretext_cache_dir(tmp_path, plain)
+    assert pretext_cache_dir(tmp_path, other) != pretext_cache_dir(tmp_path, plain)
 
 
 def test_the_report_labels_a_spelled_out_pretext_default_like_the_default() -> None:
@@ -79,10 +81,10 @@ def test_a_new_renderer_version_renames_synthetic_cells_and_cache_entries(tmp_pa
     from sslbench_plugins.synthetic import SyntheticPeople
 
     config = rotation()
-    before, cache = config.cell_id, runner.pretext_cache_dir(tmp_path, config)
+    before, cache = config.cell_id, pretext_cache_dir(tmp_path, config)
     monkeypatch.setattr(SyntheticPeople, "version", SyntheticPeople.version + 1)
     assert config.cell_id != before
-    assert runner.pretext_cache_dir(tmp_path, config) != cache
+    assert pretext_cache_dir(tmp_path, config) != cache
 
 
 def test_datasets_without_a_version_keep_their_ids(monkeypatch) -> None:
@@ -118,9 +120,9 @@ def test_done_and_failed_records_state_the_same_budget(tmp_path: Path) -> None:
     capped = tiny()
     capped.downstream.samples_per_epoch = 4
     assert runner.run_cell(capped, tmp_path)["train_size"] == 6  # the budget, not the 4 images drawn per epoch
-    assert failed_record(Cell.of(capped), "boom", 0.0)["train_size"] == 6
+    assert failed_record(Cell.of(capped, default_registry()), "boom", 0.0)["train_size"] == 6
     whole = tiny(train_size=None)  # the whole pool
-    assert runner.run_cell(whole, tmp_path)["train_size"] == failed_record(Cell.of(whole), "boom", 0.0)["train_size"] == 11
+    assert runner.run_cell(whole, tmp_path)["train_size"] == failed_record(Cell.of(whole, default_registry()), "boom", 0.0)["train_size"] == 11
 
 
 # ------------------------------------------------------------------------------------ precision
@@ -137,8 +139,8 @@ def test_the_cpu_profile_trains_fp32_and_fp32_cells_keep_the_ids_of_auto_ones(tm
     assert profile_config("cpu").pretrain.precision == profile_config("cpu").downstream.precision == "fp32"
     fp32, auto, bf16 = (with_precision(config, p) for p in ("fp32", "auto", "bf16"))
     assert fp32.cell_id == auto.cell_id != bf16.cell_id
-    assert runner.pretext_cache_dir(tmp_path, fp32) == runner.pretext_cache_dir(tmp_path, auto)
-    assert runner.pretext_cache_dir(tmp_path, bf16) != runner.pretext_cache_dir(tmp_path, fp32)
+    assert pretext_cache_dir(tmp_path, fp32) == pretext_cache_dir(tmp_path, auto)
+    assert pretext_cache_dir(tmp_path, bf16) != pretext_cache_dir(tmp_path, fp32)
 
 
 @pytest.mark.parametrize("native, precision", [(True, "bf16"), (False, "fp32")])
@@ -174,7 +176,7 @@ def cpu_record(seed: int, precision: str, pck: float, pretext: str = "none", pol
     config = with_precision(config, precision)
     metrics = {"pck@0.2": pck, "pck@0.1": pck / 2, "auc@0.2": pck / 3, "test_loss": 1.0, "report_loss": 300.0,
                "val_pck@0.2": pck, "best_epoch": 3, "converge_epoch": 3, "epochs_run": 5}  # fmt: skip
-    return {"schema": 1, "cell_id": config.cell_id, "status": "done", "error": None, "strategy": config.strategy,
+    return {"schema": 1, "cell_id": config.cell_id, "status": "done", "error": None, "strategy": label(config, default_registry()),
             "config": config.to_dict(), "seed": seed, "train_size": 100, "metrics": metrics, "pretext_metrics": {},
             "timing": {"total_s": 1.0}, "env": {} if precision == "auto" else {"precision": precision},
             "files": {}, "created": f"2026-01-0{seed + 1}T00:00:00+00:00"}  # fmt: skip

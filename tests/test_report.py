@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 from scipy import stats
 
+from sslbench.strategies import transfer_label
 from sslbench.config import RunConfig, profile_config
 from sslbench.errors import ConfigError
 from sslbench.joints import JOINT_NAMES, PARTS
@@ -40,7 +41,7 @@ def make_record(tmp_path: Path, strategy: str, seed: int, pck: float, train_size
         curves_path.write_text("\n".join(lines) + '\n{"epoch": 4, "train": {"lo')  # the last line cut by a kill
     return {
         "schema": 1, "cell_id": cid, "status": status, "error": None if status == "done" else "RuntimeError: nan",
-        "strategy": config.strategy, "config": config.to_dict(), "seed": seed, "train_size": train_size,
+        "strategy": "supervised" if config.pretext == "none" else transfer_label(config), "config": config.to_dict(), "seed": seed, "train_size": train_size,
         "metrics": {} if status != "done" else {
             "pck@0.2": pck, "pck@0.1": pck / 2, "auc@0.2": pck / 3,
             "per_joint": dict.fromkeys(JOINT_NAMES, pck),

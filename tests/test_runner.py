@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sslbench import runner
+from sslbench import runner, strategies
 from sslbench.checkpoint import load_checkpoint
 from sslbench.cli import main
 from sslbench.config import LATER_FIELDS, RunConfig, config_hash, profile_config, set_path
@@ -95,13 +95,13 @@ def test_corrupt_pretext_cache_is_detected_and_retrained(tmp_path: Path):
 def test_the_record_names_the_commit_the_run_started_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     checkout = {"commit": "aaaa"}
     monkeypatch.setattr(runner.environment, "commit", lambda: checkout["commit"])
-    real_fit = runner.fit
+    real_fit = strategies.fit
 
     def fit_while_the_checkout_moves_on(*args, **kwargs):
         checkout["commit"] = "bbbb"  # e.g. a commit made while a long cell trains
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "fit", fit_while_the_checkout_moves_on)
+    monkeypatch.setattr(strategies, "fit", fit_while_the_checkout_moves_on)
     assert run_cell(tiny_config(), tmp_path)["env"]["commit"] == "aaaa"
 
 
