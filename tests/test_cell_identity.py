@@ -222,3 +222,14 @@ def test_every_committed_record_keeps_its_cell_id() -> None:
         pytest.skip("no committed results in this checkout")
     renamed = [p.name for p in paths if RunConfig.from_dict(json.loads(p.read_text())["config"]).cell_id != p.stem]
     assert renamed == [], f"{len(renamed)} of {len(paths)} committed records would get new cell ids"
+
+
+def test_the_unlabelled_pool_of_semi_supervised_cells_counts_with_its_version(monkeypatch) -> None:
+    from sslbench_plugins.synthetic import SyntheticPeople
+
+    semi = RunConfig.from_dict({**profile_config("smoke").to_dict(), "strategy": "consistency",
+                                "unlabelled_data": "synthetic-unlabelled"})  # fmt: skip
+    assert semi.identity()["unlabelled_data_version"] == SyntheticPeople.version
+    before = semi.cell_id
+    monkeypatch.setattr(SyntheticPeople, "version", SyntheticPeople.version + 1)
+    assert semi.cell_id != before
