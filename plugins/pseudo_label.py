@@ -2,7 +2,9 @@
 trains on both.
 
 1. Teacher: the cell's initialisation (random, or a pretext pretraining transferred by the policy),
-   trained on the labelled budget like a supervised cell (``teacher/``).
+   trained on the labelled budget: exactly the supervised (or transfer) cell of the same seed and
+   budget, so it is trained in that cell's run directory, once, and reused by every cell that
+   needs it (its training time is still counted in ``timing.teacher_s``).
 2. Pseudo-labels: on ``images`` images of the unlabelled pool's training split (a seeded subset;
    held-out images are never used) the teacher predicts twice: on the centred square of at most
    ``crop`` pixels, then on the square around the joints it found there (20 % margin, as labelled
@@ -107,7 +109,7 @@ class PseudoLabel(Strategy):
     def train(self, cell: Cell, model: Backbone) -> FitResult:
         o = self.options(cell.config)
         started = time.perf_counter()
-        teacher_fit = cell.fit_labelled(model, "teacher")
+        teacher_fit = cell.fit_labelled(model, "teacher", shared=True)  # the supervised (or transfer) cell's run
         cell.timings["teacher_s"] = teacher_fit.train_seconds
         cell.metrics["teacher_val_pck@0.2"] = teacher_fit.best_metrics.get("pck@0.2")
         pool, pool_indices = cell.unlabelled_pool()

@@ -134,9 +134,10 @@ class RunConfig:
 
     def identity(self) -> dict[str, Any]:
         """The config as :attr:`cell_id` hashes it: :data:`LATER_FIELDS` at their defaults are left out,
-        and so are pretext options at the pretext's default (:func:`canonical_options`). The version a
-        dataset declares (:func:`dataset_version`) is added: the labelled data's, the pretext data's when
-        a pretext trains, the unlabelled pose-phase data's when there is some."""
+        and so are pretext options at the pretext's default (:func:`canonical_options`) and a strategy
+        spelled out that the pretext implies. The version a dataset declares (:func:`dataset_version`)
+        is added: the labelled data's, the pretext data's when a pretext trains, the unlabelled
+        pose-phase data's when there is some."""
         data = self.to_dict()
         if data["strategy"] == RunConfig(pretext=self.pretext).strategy_name:
             data["strategy"] = None  # spelled out or implied, the same cell

@@ -15,14 +15,17 @@ record's ``strategy_metrics``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from rich.console import Console
 
+from sslbench import distributed
 from sslbench.config import RunConfig
 from sslbench.data import TaskDataset
 from sslbench.errors import ConfigError
@@ -175,17 +178,33 @@ class Cell:
 
     # -- training ----------------------------------------------------------------------------
     def fit(
-        self, model: Backbone, task: Task, train_set: TaskDataset, val_set: TaskDataset, name: str, label: str
+        self, model: Backbone, task: Task, train_set: TaskDataset, val_set: TaskDataset, name: str, label: str,
+        directory: Path | None = None,
     ) -> FitResult:
-        """The one training loop, into ``run_dir/name`` (resumable), at the downstream settings."""
-        self.fit_dir = self.run_dir / name
-        return fit(
-            model, task, train_set, val_set, self.config.downstream, self.fit_dir,
-            seed=self.config.seed, resume=self.resume, label=label, console=self.console,
-            meta={"run": self.config.to_dict(), "cell_id": self.config.cell_id},
-        )  # fmt: skip
+        """The one training loop, into ``run_dir/name`` (or *directory*; resumable), at the downstream
+        settings. A lock beside the directory keeps two cells sharing it from training it at once."""
+        self.fit_dir = directory or self.run_dir / name
+        self.fit_dir.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.fit_dir) + ".lock") if distributed.is_main() else contextlib.nullcontext()
+        with lock:
+            return fit(
+                model, task, train_set, val_set, self.config.downstream, self.fit_dir,
+                seed=self.config.seed, resume=self.resume, label=label, console=self.console,
+                meta={"run": self.config.to_dict(), "cell_id": self.config.cell_id},
+            )  # fmt: skip
 
-    def fit_labelled(self, model: Backbone, name: str = "downstream") -> FitResult:
-        """Pose training on the labelled budget, model selection on validation PCK@0.2."""
+    def fit_labelled(self, model: Backbone, name: str = "downstream", shared: bool = False) -> FitResult:
+        """Pose training on the labelled budget, model selection on validation PCK@0.2. *shared*: in
+        the run directory of the cell that trains exactly this (:meth:`labelled_cell`), so every cell
+        that needs it (a pseudo-labelling teacher) trains it once, and a finished one is reused."""
         train_set, val_set = self.labelled_sets(model)
-        return self.fit(model, self.pose, train_set, val_set, name, f"pose {self.label}")
+        directory = self.workdir / "cells" / self.labelled_cell().cell_id / "downstream" if shared else None
+        label = f"pose {self.label}" + ("" if name == "downstream" else f" {name}")
+        return self.fit(model, self.pose, train_set, val_set, name, label, directory)
+
+    def labelled_cell(self) -> RunConfig:
+        """This cell's config as the strategy its initialisation implies (supervised, or transfer):
+        the same start, trained on the labelled budget only."""
+        c = self.config
+        fields = {**c.to_dict(), "strategy": None, "strategy_options": {}, "unlabelled_data": None, "unlabelled_root": None}
+        return RunConfig.from_dict(fields)

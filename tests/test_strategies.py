@@ -208,6 +208,7 @@ def test_pseudo_labels_are_stored_with_the_cell_and_reused_when_it_resumes(tmp_p
         "unlabelled_data": "synthetic-unlabelled", "strategy_options": {"threshold": 0.0, "min_joints": 1, "images": 8},
     })  # fmt: skip
     config = set_path(set_path(config, ["backbone_options", "input_size"], 32), ["downstream", "epochs"], 1)
+    config = set_path(config, ["data_options", "size"], 24).resolved()
     record = run_cell(config, tmp_path)
     labels = tmp_path / "cells" / record["cell_id"] / "pseudo-labels-round1.json"  # precision resolved for the machine
     stored = json.loads(labels.read_text())
@@ -215,6 +216,10 @@ def test_pseudo_labels_are_stored_with_the_cell_and_reused_when_it_resumes(tmp_p
     assert record["strategy_metrics"]["round1.images_kept"] == 8
     assert {"teacher_s", "pseudo_label_s", "student1_s"} <= set(record["timing"])
     assert "round1.val_pck@0.2_all" in record["strategy_metrics"]
+    supervised = RunConfig.from_dict({**config.to_dict(), "strategy": None, "strategy_options": {}, "unlabelled_data": None})
+    teacher_curves = tmp_path / "cells" / supervised.cell_id / "downstream" / "metrics.jsonl"
+    assert teacher_curves.exists()  # the teacher is the supervised cell's run: trained once, for both
+    assert run_cell(supervised, tmp_path)["metrics"]["val_pck@0.2"] == record["strategy_metrics"]["teacher_val_pck@0.2"]
 
     import sslbench_plugins.pseudo_label as plugin
 
