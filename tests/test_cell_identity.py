@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from sslbench import runner
-from sslbench.phases import pretext_cache_dir
 from sslbench.cli_run import build_config
 from sslbench.config import RunConfig, profile_config
+from sslbench.phases import pretext_cache_dir
 from sslbench.registry import default_registry
 from sslbench.strategies import label
 from sslbench.sweep import SweepSpec, expand
