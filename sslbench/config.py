@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sslbench.errors import ConfigError, SSLBenchError
+from sslbench.errors import ConfigError, SSLBenchError, did_you_mean
 
 
 @dataclass
@@ -136,7 +136,8 @@ class RunConfig:
         """The config as :attr:`cell_id` hashes it: :data:`LATER_FIELDS` at their defaults are left out,
         and so are pretext options at the pretext's default (:func:`canonical_options`) and a strategy
         spelled out that the pretext implies. The version a dataset declares (:func:`dataset_version`)
-        is added, the unlabelled one's only when a pretext trains."""
+        is added: the labelled data's, the pretext data's when a pretext trains, the unlabelled
+        pose-phase data's when there is some."""
         data = self.to_dict()
         if data["strategy"] == RunConfig(pretext=self.pretext).strategy_name:
             data["strategy"] = None  # spelled out or implied, the same cell
@@ -148,6 +149,8 @@ class RunConfig:
             data["data_version"] = version
         if self.pretext != "none" and (version := dataset_version(self.pretext_data)) is not None:
             data["pretext_data_version"] = version
+        if self.unlabelled_data is not None and (version := dataset_version(self.unlabelled_data)) is not None:
+            data["unlabelled_data_version"] = version
         return data
 
     @property
@@ -334,10 +337,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 def profile_config(profile: str, backbone: str | None = None) -> RunConfig:
     """The run config of *profile*, with the backbone options it gives *backbone* (default: its own, cpm6)."""
     if profile not in PROFILES:
-        import difflib
-
-        close = difflib.get_close_matches(profile, list(PROFILES), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(profile, PROFILES, cutoff=0.6)
         raise ConfigError(f"--profile: unknown profile {profile!r}.{hint} Available: {', '.join(PROFILES)}")
     overrides = dict(PROFILES[profile])
     per_backbone = overrides.pop("per_backbone", {})

@@ -8,7 +8,6 @@ is reported as a warning and skipped; everything else keeps working.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib.metadata
 import inspect
@@ -19,7 +18,7 @@ from typing import Any, Callable, Iterable
 import pluggy
 
 from sslbench import hookspecs
-from sslbench.errors import ConfigError
+from sslbench.errors import ConfigError, did_you_mean
 
 #: kind name -> hook name
 KINDS: dict[str, str] = {
@@ -145,8 +144,7 @@ class Registry:
         if name in found:
             return found[name]
         label = option or f"{kind} name"
-        close = difflib.get_close_matches(name, list(found), n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, found)
         available = ", ".join(sorted(found)) or "none"
         raise ConfigError(f"{label}: unknown {kind} {name!r}.{hint} Available: {available}")
 

@@ -12,7 +12,6 @@ matched on them too (pretraining settings excepted: supervised cells have none).
 
 from __future__ import annotations
 
-import difflib
 import functools
 import html
 import io
@@ -32,6 +31,7 @@ from scipy import stats
 
 from sslbench.config import at_later_default, canonical_options, profile_config
 from sslbench.errors import ConfigError
+from sslbench.errors import did_you_mean as _hint
 from sslbench.joints import PARTS
 
 BASELINE = "supervised"
@@ -244,11 +244,6 @@ def build_report(df: pd.DataFrame, metric: str = "pck@0.2") -> Report:
         rows.append(entry)
     summary = pd.DataFrame(rows)
     return Report(df=done, metric=metric, summary=summary, row_keys=keys, failed=failed)
-
-
-def _hint(name: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 # ---------------------------------------------------------------------------------- views

@@ -30,10 +30,9 @@ from sslbench.data import TaskDataset
 from sslbench.phases import open_dataset
 from sslbench.pose import PoseTask
 from sslbench.registry import Registry, default_registry
+from sslbench.results import SCHEMA
 from sslbench.strategies import Cell, strategy_of
 from sslbench.train import evaluate, resolve_device, resolve_precision
-
-RECORD_SCHEMA = 1
 
 
 def run_cell(
@@ -101,7 +100,7 @@ def run_cell(
     pretrained = cell.pretrained
     fit_dir = cell.fit_dir or run_dir / "downstream"
     record = {
-        "schema": RECORD_SCHEMA,
+        "schema": SCHEMA,
         "cell_id": cid,
         "status": "done",
         "error": None,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import difflib
 import itertools
 import json
 import multiprocessing
@@ -50,6 +49,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from sslbench import strategies
 from sslbench.config import RunConfig, TrainSettings, config_hash, profile_config, set_path
 from sslbench.errors import ConfigError, SSLBenchError
+from sslbench.errors import did_you_mean as _hint
 from sslbench.joints import NUM_JOINTS
 from sslbench.registry import Registry
 from sslbench.results import SCHEMA, ResultsStore, Warn, iter_records
@@ -184,11 +184,6 @@ def find_line(text: str, path: list[str], value: Any = None) -> int | None:
         if needle in line or (isinstance(value, str) and f"'{value}'" in line):
             return number
     return found
-
-
-def _hint(name: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def _names(spec: SweepSpec, key: str, value: Any) -> list[str]:

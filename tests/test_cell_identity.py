@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from sslbench import phases, runner
+from sslbench import runner
 from sslbench.cli_run import build_config
 from sslbench.config import RunConfig, profile_config
+from sslbench.phases import pretext_cache_dir
 from sslbench.registry import default_registry
-from sslbench.strategies import transfer_label
+from sslbench.strategies import label
 from sslbench.sweep import SweepSpec, expand
 from sslbench.train import resolve_precision
 
@@ -57,14 +59,14 @@ def rotation(**fields) -> RunConfig:
 def test_spelling_out_a_pretext_default_is_the_same_cell_and_cache_entry(tmp_path: Path, pretext: str, options: dict) -> None:
     plain, spelled = rotation(pretext=pretext), rotation(pretext=pretext, pretext_options=options)
     assert spelled.cell_id == plain.cell_id
-    assert phases.pretext_cache_dir(tmp_path, spelled) == phases.pretext_cache_dir(tmp_path, plain)
+    assert pretext_cache_dir(tmp_path, spelled) == pretext_cache_dir(tmp_path, plain)
     assert spelled.to_dict()["pretext_options"] == options  # the record keeps what was asked for
 
 
 def test_pretext_options_off_their_default_name_another_cell_and_cache_entry(tmp_path: Path) -> None:
     plain, other = rotation(), rotation(pretext_options={"augment": False})
     assert other.cell_id != plain.cell_id
-    assert phases.pretext_cache_dir(tmp_path, other) != phases.pretext_cache_dir(tmp_path, plain)
+    assert pretext_cache_dir(tmp_path, other) != pretext_cache_dir(tmp_path, plain)
 
 
 def test_the_report_labels_a_spelled_out_pretext_default_like_the_default() -> None:
@@ -80,10 +82,10 @@ def test_a_new_renderer_version_renames_synthetic_cells_and_cache_entries(tmp_pa
     from sslbench_plugins.synthetic import SyntheticPeople
 
     config = rotation()
-    before, cache = config.cell_id, phases.pretext_cache_dir(tmp_path, config)
+    before, cache = config.cell_id, pretext_cache_dir(tmp_path, config)
     monkeypatch.setattr(SyntheticPeople, "version", SyntheticPeople.version + 1)
     assert config.cell_id != before
-    assert phases.pretext_cache_dir(tmp_path, config) != cache
+    assert pretext_cache_dir(tmp_path, config) != cache
 
 
 def test_datasets_without_a_version_keep_their_ids(monkeypatch) -> None:
@@ -138,8 +140,8 @@ def test_the_cpu_profile_trains_fp32_and_fp32_cells_keep_the_ids_of_auto_ones(tm
     assert profile_config("cpu").pretrain.precision == profile_config("cpu").downstream.precision == "fp32"
     fp32, auto, bf16 = (with_precision(config, p) for p in ("fp32", "auto", "bf16"))
     assert fp32.cell_id == auto.cell_id != bf16.cell_id
-    assert phases.pretext_cache_dir(tmp_path, fp32) == phases.pretext_cache_dir(tmp_path, auto)
-    assert phases.pretext_cache_dir(tmp_path, bf16) != phases.pretext_cache_dir(tmp_path, fp32)
+    assert pretext_cache_dir(tmp_path, fp32) == pretext_cache_dir(tmp_path, auto)
+    assert pretext_cache_dir(tmp_path, bf16) != pretext_cache_dir(tmp_path, fp32)
 
 
 @pytest.mark.parametrize("native, precision", [(True, "bf16"), (False, "fp32")])
@@ -175,7 +177,7 @@ def cpu_record(seed: int, precision: str, pck: float, pretext: str = "none", pol
     config = with_precision(config, precision)
     metrics = {"pck@0.2": pck, "pck@0.1": pck / 2, "auc@0.2": pck / 3, "test_loss": 1.0, "report_loss": 300.0,
                "val_pck@0.2": pck, "best_epoch": 3, "converge_epoch": 3, "epochs_run": 5}  # fmt: skip
-    return {"schema": 1, "cell_id": config.cell_id, "status": "done", "error": None, "strategy": transfer_label(config) if policy != "none" else "supervised",
+    return {"schema": 1, "cell_id": config.cell_id, "status": "done", "error": None, "strategy": label(config, default_registry()),
             "config": config.to_dict(), "seed": seed, "train_size": 100, "metrics": metrics, "pretext_metrics": {},
             "timing": {"total_s": 1.0}, "env": {} if precision == "auto" else {"precision": precision},
             "files": {}, "created": f"2026-01-0{seed + 1}T00:00:00+00:00"}  # fmt: skip
@@ -199,3 +201,36 @@ def test_legacy_auto_loads_as_fp32_and_the_report_keeps_bf16_cells_apart(tmp_pat
     assert rows.loc["supervised [downstream.precision=bf16]", "n"] == 2  # bf16 apart, and saying so
     assert rows.loc["rotation/first", "n_pairs"] == 2  # paired with the fp32 baseline
     assert "Precision: bf16 in 2 cell(s), fp32 in 5 cell(s)" in render(report, "markdown")
+
+
+def test_one_did_you_mean_helper_names_the_closest_names() -> None:
+    from sslbench.errors import did_you_mean
+
+    assert did_you_mean("cmp6", ["cpm6", "timm"]) == " Did you mean 'cpm6'?"
+    several = did_you_mean("resnet", ["resnet18", "resnet50", "vit"], n=3)
+    assert "'resnet18'" in several and "'resnet50'" in several and "vit" not in several
+    assert did_you_mean("zzz", ["cpm6"]) == ""
+
+
+# ------------------------------------------------------------------------ committed results
+
+
+def test_every_committed_record_keeps_its_cell_id() -> None:
+    # A failure means a change renamed committed cells (a sweep would run them again and the
+    # report would pair nothing): hash the new thing only when it is off the old behaviour.
+    paths = sorted(RESULTS.glob("*/cells/*.json"))
+    if not paths:
+        pytest.skip("no committed results in this checkout")
+    renamed = [p.name for p in paths if RunConfig.from_dict(json.loads(p.read_text())["config"]).cell_id != p.stem]
+    assert renamed == [], f"{len(renamed)} of {len(paths)} committed records would get new cell ids"
+
+
+def test_the_unlabelled_pool_of_semi_supervised_cells_counts_with_its_version(monkeypatch) -> None:
+    from sslbench_plugins.synthetic import SyntheticPeople
+
+    semi = RunConfig.from_dict({**profile_config("smoke").to_dict(), "strategy": "consistency",
+                                "unlabelled_data": "synthetic-unlabelled"})  # fmt: skip
+    assert semi.identity()["unlabelled_data_version"] == SyntheticPeople.version
+    before = semi.cell_id
+    monkeypatch.setattr(SyntheticPeople, "version", SyntheticPeople.version + 1)
+    assert semi.cell_id != before

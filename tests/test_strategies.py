@@ -211,7 +211,7 @@ def test_pseudo_labels_are_stored_with_the_cell_and_reused_when_it_resumes(tmp_p
     config = set_path(set_path(config, ["backbone_options", "input_size"], 32), ["downstream", "epochs"], 1)
     config = resolve_precision(set_path(config, ["data_options", "size"], 24))
     record = run_cell(config, tmp_path)
-    labels = tmp_path / "cells" / config.cell_id / "pseudo-labels-round1.json"
+    labels = tmp_path / "cells" / record["cell_id"] / "pseudo-labels-round1.json"  # precision resolved for the machine
     stored = json.loads(labels.read_text())
     assert len(stored["images"]) == 8 and len(stored["images"][0]["joints"]) == 14
     assert record["strategy_metrics"]["round1.images_kept"] == 8
@@ -234,7 +234,7 @@ def test_pseudo_labels_are_stored_with_the_cell_and_reused_when_it_resumes(tmp_p
 
     import sslbench_plugins.pseudo_label as plugin
 
-    (tmp_path / "cells" / config.cell_id / "result.json").unlink()  # an unfinished cell: resume it
+    (tmp_path / "cells" / record["cell_id"] / "result.json").unlink()  # an unfinished cell: resume it
     monkeypatch.setattr(plugin, "predict_joints", lambda *a, **k: pytest.fail("pseudo-labels recomputed"))
     again = run_cell(config, tmp_path)
     assert again["metrics"]["pck@0.2"] == record["metrics"]["pck@0.2"]
