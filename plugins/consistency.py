@@ -195,7 +195,7 @@ class Consistency(Strategy):
             "threshold": option(self.name, given, "threshold", DEFAULTS["threshold"], 0.0, 1.0),
             "cutout": option(self.name, given, "cutout", DEFAULTS["cutout"], 0.0, 1.0),
             "cutout_size": option(self.name, given, "cutout_size", DEFAULTS["cutout_size"], 0.0, 1.0),
-            "crop": option(self.name, given, "crop", DEFAULTS["crop"], 16.0, 10_000.0),
+            "crop": option(self.name, given, "crop", DEFAULTS["crop"], 0.0, 10_000.0),
         }
 
     def validate(self, config: Any, registry: Registry) -> None:

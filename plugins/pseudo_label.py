@@ -7,12 +7,13 @@ trains on both.
    needs it (``timing.teacher_s`` is its training time when this cell trained it, 0 when it was
    reused, like a cached pretraining; ``timing.teacher_train_s`` is its training time either way).
 2. Pseudo-labels: on ``images`` images of the unlabelled pool's training split (a seeded subset;
-   held-out images are never used) the teacher predicts twice: on the centred square of at most
-   ``crop`` pixels, then on the square around the joints it found there (20 % margin, as labelled
-   crops). A joint whose heatmap peak reaches ``threshold`` becomes a target; the others are
-   unknown and left out of the loss. Images with fewer than ``min_joints`` targets are dropped.
-   The labels are stored in the cell (``pseudo-labels-round<r>.json``: image, x, y, peak), so a
-   resumed cell reuses them and a reader can inspect them.
+   held-out images are never used) the teacher predicts on the whole image padded to a square
+   (``crop`` 0; or the centred square of at most ``crop`` pixels), averaging the maps of the image
+   and its mirror; ``passes`` > 1 predicts again on the box around the joints found. A joint whose
+   heatmap peak reaches ``threshold`` becomes a target; the others are unknown and left out of
+   the loss. Images with fewer than ``min_joints`` targets are dropped. The labels are stored in
+   the cell (``pseudo-labels-round<r>.json``: image, x, y, peak), so a resumed cell reuses them
+   and a reader can inspect them.
 3. Student: the same initialisation again, trained on the labelled budget plus ``per_epoch``
    pseudo-labelled images a epoch (drawn anew each epoch), model selection on the labelled
    validation images. ``rounds`` > 1 makes each student the next round's teacher.
@@ -34,6 +35,7 @@ from sslbench.atomic import read_json, write_json
 from sslbench.errors import ConfigError
 from sslbench.hookspecs import hookimpl
 from sslbench.interfaces import Backbone, Geometry, ImageDataset, Strategy
+from sslbench.joints import FLIP_INDEX, NUM_JOINTS
 from sslbench.pipeline import centre_map_tensor, crop_matrix, person_box, to_tensor, warp
 from sslbench.pose import decode_joints
 from sslbench.registry import Entry, Registry
@@ -51,32 +53,39 @@ from sslbench.strategies import Cell, check_transfer_pair, require_unlabelled, t
 from sslbench.train import FitResult, finished, resolve_device
 
 DEFAULTS: dict[str, Any] = {
-    "threshold": 0.4, "min_joints": 6, "images": 3000, "per_epoch": 0, "rounds": 1, "crop": 220.0,
+    "threshold": 0.25, "min_joints": 4, "images": 3000, "per_epoch": 0, "rounds": 1, "crop": 0.0, "passes": 1,
 }  # fmt: skip
 
 
 def predict_joints(
-    model: Backbone, images: ImageDataset, indices: list[int], crop: float, device: torch.device, batch: int = 32
+    model: Backbone, images: ImageDataset, indices: list[int], crop: float, passes: int, device: torch.device,
+    batch: int = 32,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Joints (N, 14, 2) in original pixels and heatmap peaks (N, 14) of *images* at *indices*: a
-    prediction on the centred square of at most *crop* pixels, then one on the box around it."""
+    """Joints (N, 14, 2) in original pixels and heatmap peaks (N, 14) of *images* at *indices*.
+
+    The first prediction is on the square :func:`unlabelled_crop` cuts (*crop*), each further pass on
+    the box around the joints found before; every prediction averages the maps of the crop and of
+    its mirror image (left and right channels swapped back).
+    """
     size, stride = model.input_size, model.stride
     centremap = centre_map_tensor(size)
+    swap = [*FLIP_INDEX, NUM_JOINTS]
     was_training = model.training
     model.eval()
     joints_out, scores_out = [], []
     try:
         for start in range(0, len(indices), batch):
-            chunk = [images.image(i) for i in indices[start : start + batch]]
+            chunk = [np.ascontiguousarray(images.image(i)) for i in indices[start : start + batch]]
             boxes = [unlabelled_crop(image, crop) for image in chunk]
-            for second_pass in (False, True):
-                matrices = [crop_matrix(centre, side, size) for centre, side in boxes]
-                inputs = torch.stack([to_tensor(warp(np.ascontiguousarray(im), m, size)) for im, m in zip(chunk, matrices)])
+            for _ in range(passes):
+                matrices = np.stack([crop_matrix(centre, side, size) for centre, side in boxes])
+                inputs = torch.stack([to_tensor(warp(im, m, size)) for im, m in zip(chunk, matrices)]).to(device)
+                centres = centremap.expand(len(chunk), -1, -1, -1).to(device)
                 with torch.inference_mode():
-                    maps = model(inputs.to(device), centremap.expand(len(chunk), -1, -1, -1).to(device))[-1]
-                joints, scores = decode_joints(maps.float().cpu(), np.stack(matrices), stride)
-                if not second_pass:
-                    boxes = [person_box(j) for j in joints]
+                    maps = model(inputs, centres)[-1].float()
+                    mirrored = model(inputs.flip(-1), centres)[-1].float().flip(-1)[:, swap]
+                joints, scores = decode_joints(((maps + mirrored) / 2).cpu(), matrices, stride)
+                boxes = [person_box(j) for j in joints]
             joints_out.append(joints)
             scores_out.append(scores)
     finally:
@@ -100,7 +109,9 @@ class PseudoLabel(Strategy):
             # 0: as many pseudo-labelled images a epoch as the labelled budget has
             "per_epoch": option(self.name, given, "per_epoch", DEFAULTS["per_epoch"], 0, 10**7),
             "rounds": option(self.name, given, "rounds", DEFAULTS["rounds"], 1, 10),
-            "crop": option(self.name, given, "crop", DEFAULTS["crop"], 16.0, 10_000.0),
+            # 0: the whole image padded to a square; else the centred square of at most that many pixels
+            "crop": option(self.name, given, "crop", DEFAULTS["crop"], 0.0, 10_000.0),
+            "passes": option(self.name, given, "passes", DEFAULTS["passes"], 1, 5),
         }
 
     def validate(self, config: Any, registry: Registry) -> None:
@@ -149,10 +160,13 @@ class PseudoLabel(Strategy):
         device = resolve_device(cell.config.downstream.device)
         teacher.to(device)
         stored = read_json(path) if path.exists() and cell.resume else None
+        made_by = {"crop": o["crop"], "passes": o["passes"], "round": round_}
+        if stored is not None and {k: stored.get(k) for k in made_by} != made_by:
+            stored = None  # labelled another way (the threshold only filters, it is applied below)
         if stored is None:
-            xy, peaks = predict_joints(teacher, pool, indices, o["crop"], device)
+            xy, peaks = predict_joints(teacher, pool, indices, o["crop"], o["passes"], device)
             stored = {
-                "threshold": o["threshold"], "crop": o["crop"], "round": round_,
+                "threshold": o["threshold"], "crop": o["crop"], "passes": o["passes"], "round": round_,
                 "images": [{"index": int(i), "image": pool.image_id(i),
                             "joints": np.concatenate([xy[k], peaks[k][:, None]], axis=1).round(3).tolist()}
                            for k, i in enumerate(indices)],
@@ -181,7 +195,7 @@ class PseudoLabel(Strategy):
     def _score_on_validation(self, cell: Cell, teacher: Backbone, o: dict[str, Any], device: torch.device, round_: int) -> None:
         """PCK@0.2 of the labeller's kept joints on the labelled validation images (whole images, no box)."""
         val = list(cell.splits.val)
-        xy, peaks = predict_joints(teacher, cell.data, val, o["crop"], device)
+        xy, peaks = predict_joints(teacher, cell.data, val, o["crop"], o["passes"], device)
         truth = np.stack([cell.data.joints(i) for i in val]).astype(np.float64)
         distances = pose_metrics.joint_distances(xy, truth)
         torso = pose_metrics.torso_sizes(truth)

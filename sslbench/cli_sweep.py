@@ -65,6 +65,7 @@ def build_spec(spec_path: Path | None, **cli: Any) -> SweepSpec:
         "backbones": _list(cli.get("backbones"), "--backbones"),
         "pretexts": _list(cli.get("pretexts"), "--pretexts"),
         "policies": _list(cli.get("policies"), "--policies"),
+        "strategies": _list(cli.get("strategies"), "--strategies"),
         "train_sizes": _int_list(cli.get("train_sizes"), "--train-sizes", allow_all=True),
         "seeds": _int_list(cli.get("seeds"), "--seeds"),
     }
@@ -72,7 +73,8 @@ def build_spec(spec_path: Path | None, **cli: Any) -> SweepSpec:
         if value is not None:
             setattr(spec, key, value)
             spec.from_cli[key] = f"--{key.replace('_', '-')}"
-    for key in ("name", "profile", "data", "root", "protocol", "pretext_data", "pretext_root"):
+    for key in ("name", "profile", "data", "root", "protocol", "pretext_data", "pretext_root", "unlabelled_data",
+                "unlabelled_root"):  # fmt: skip
         if cli.get(key) is not None:
             setattr(spec, key, cli[key])
             spec.from_cli[key] = f"--{key.replace('_', '-')}"
@@ -164,6 +166,7 @@ def print_plan(plan: Plan, results: Path, workdir: Path, console: Console, estim
 @click.option("--backbones", metavar="A,B", help="Backbone names, comma-separated.")
 @click.option("--pretexts", metavar="A,B", help="Pretext names; none = supervised baseline.")
 @click.option("--policies", metavar="A,B", help="Transfer policies; e.g. none,first,first+middle:frozen.")
+@click.option("--strategies", metavar="A,B", help="Strategy plugins, e.g. supervised,transfer,consistency (default: the pretext decides).")
 @click.option("--train-sizes", metavar="N,M", help="Labelled training images per cell; 'all' for the whole pool.")
 @click.option("--seeds", metavar="0,1,2", help="Run seeds.")
 @click.option("--data", help="Labelled dataset plugin.")
@@ -171,6 +174,8 @@ def print_plan(plan: Plan, results: Path, workdir: Path, console: Console, estim
 @click.option("--protocol", help="Split protocol of the labelled dataset.")
 @click.option("--pretext-data", help="Unlabelled dataset plugin for pretraining.")
 @click.option("--pretext-root", help="Folder of the unlabelled images.")
+@click.option("--unlabelled-data", help="Unlabelled dataset of the pose phase (semi-supervised strategies).")
+@click.option("--unlabelled-root", help="Folder of those unlabelled images.")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Setting for every cell (repeatable).")
 @click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Results directory [default: ./results/NAME].")  # fmt: skip

@@ -8,7 +8,7 @@ mix the labelled budget with unlabelled images, and the network's view of an unl
   of the unlabelled images (``per_epoch``), so an epoch costs a known multiple of a labelled one.
 - :func:`unlabelled_crop`: where an unlabelled image's person is assumed to be: the centred square
   of at most ``side`` pixels (LSP-extended scales its person to about 150 px; 1.4 x that is the
-  labelled crops' size with their 20 % margin).
+  labelled crops' size with their 20 % margin), or the whole image padded to a square.
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ def check_options(strategy: str, options: dict[str, Any], known: Sequence[str]) 
 
 
 def unlabelled_crop(image: np.ndarray, side: float) -> tuple[tuple[float, float], float]:
-    """The centred square of at most *side* pixels: (centre, side)."""
-    centre, full = centre_square(*image.shape[:2])
-    return centre, min(full, float(side))
+    """(centre, side) of the square an unlabelled image is cut to: the centred square of at most
+    *side* pixels, or for *side* 0 the square of the image's longer side (all of it, padded)."""
+    centre, shorter = centre_square(*image.shape[:2])
+    return centre, float(max(image.shape[:2])) if side == 0 else min(shorter, float(side))
 
 
 class MaskedPoseTask(PoseTask):
