@@ -253,3 +253,39 @@ def test_an_unlabelled_folder_holding_the_test_images_is_refused(tmp_path: Path,
                                   "unlabelled_root": str(lsp_root / "images")})  # fmt: skip
     with pytest.raises(ConfigError, match="holds .* of the labelled test images"):
         run_cell(config, tmp_path)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_easy_view_maps_moved_by_the_affine_land_on_the_hard_view_maps(flip: bool):
+    """The consistency target: an easy view's joint maps, warped (and left/right swapped when mirrored),
+    peak where the hard view's own maps of the same joints peak."""
+    import torch.nn.functional as F
+
+    from sslbench.joints import FLIP_INDEX, NUM_JOINTS
+    from sslbench.pipeline import crop_matrix, gaussian_maps, input_to_map, person_box, transform_points, with_background
+
+    rng = np.random.default_rng(1)
+    joints = np.concatenate([rng.uniform(60, 140, size=(NUM_JOINTS, 2)), np.ones((NUM_JOINTS, 1))], axis=1)
+    centre, side = person_box(joints)
+    easy = crop_matrix(centre, side, 128)
+    hard = crop_matrix(centre, side, 128, rotation=25.0, scale=1.2, flip=flip)
+
+    def maps(matrix: np.ndarray, mirrored: bool) -> torch.Tensor:
+        xy = transform_points(joints[:, :2], matrix)
+        xy = xy[list(FLIP_INDEX)] if mirrored else xy
+        return torch.from_numpy(with_background(gaussian_maps(input_to_map(xy, 8), 16, 1.0)))[None]
+
+    theta = torch.from_numpy(map_affine(easy, hard, stride=8, map_size=16))[None]
+    grid = F.affine_grid(theta, [1, NUM_JOINTS + 1, 16, 16], align_corners=True)
+    moved = F.grid_sample(maps(easy, False), grid, align_corners=True)
+    if flip:
+        moved = moved[:, [*FLIP_INDEX, NUM_JOINTS]]
+    own = maps(hard, flip)
+
+    def peaks(x: torch.Tensor) -> torch.Tensor:
+        flat = x[0, :NUM_JOINTS].reshape(NUM_JOINTS, -1).argmax(dim=1)
+        return torch.stack([flat % 16, flat // 16], dim=1).float()
+
+    inside = own[0, :NUM_JOINTS].amax(dim=(1, 2)) > 0.5
+    assert inside.sum() >= 8
+    assert (peaks(moved) - peaks(own))[inside].abs().max() <= 1.0  # within a map pixel of rounding
