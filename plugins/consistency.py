@@ -29,18 +29,15 @@ from torch import nn
 
 from sslbench.data import TaskDataset
 from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Backbone, Geometry, ImageDataset, Strategy
+from sslbench.interfaces import Backbone, Geometry, ImageDataset
 from sslbench.joints import FLIP_INDEX, NUM_JOINTS
 from sslbench.pipeline import Augment, centre_map_tensor, crop_matrix, to_tensor, warp
 from sslbench.pose import PoseTask
-from sslbench.registry import Entry, Registry
-from sslbench.semi import check_options, option, unlabelled_crop
-from sslbench.strategies import Cell, check_transfer_pair, require_unlabelled, transfer_label
+from sslbench.registry import Entry
+from sslbench.semi import unlabelled_crop
+from sslbench.strategies import Cell, SemiSupervised
 from sslbench.train import FitResult
 
-DEFAULTS: dict[str, Any] = {
-    "weight": 1.0, "rampup": 10, "threshold": 0.0, "cutout": 0.5, "cutout_size": 0.2, "crop": 220.0,
-}  # fmt: skip
 #: mixed into the seed of each sample's unlabelled pair
 _PAIR_WORD = 32452843
 
@@ -180,30 +177,16 @@ def mean_peak(model: Backbone, images: list[torch.Tensor], batch: int = 32) -> f
     return float(torch.cat(peaks).mean())
 
 
-class Consistency(Strategy):
+class Consistency(SemiSupervised):
     """Labelled pose loss plus easy-to-hard heatmap consistency on unlabelled images."""
 
     name = "consistency"
-    uses_unlabelled = True
-
-    def options(self, config: Any) -> dict[str, Any]:
-        given = config.strategy_options
-        check_options(self.name, given, list(DEFAULTS))
-        return {
-            "weight": option(self.name, given, "weight", DEFAULTS["weight"], 0.0, 1000.0),
-            "rampup": option(self.name, given, "rampup", DEFAULTS["rampup"], 0, 10_000),
-            "threshold": option(self.name, given, "threshold", DEFAULTS["threshold"], 0.0, 1.0),
-            "cutout": option(self.name, given, "cutout", DEFAULTS["cutout"], 0.0, 1.0),
-            "cutout_size": option(self.name, given, "cutout_size", DEFAULTS["cutout_size"], 0.0, 1.0),
-            "crop": option(self.name, given, "crop", DEFAULTS["crop"], 0.0, 10_000.0),
-        }
-
-    def validate(self, config: Any, registry: Registry) -> None:
-        check_transfer_pair(config, registry, required=False)
-        require_unlabelled(config, self.name)
-
-    def label(self, config: Any) -> str:
-        return f"{transfer_label(config)} + {self.name}" if config.policy != "none" else self.name
+    OPTIONS = {
+        "weight": (1.0, 0.0, 1000.0), "rampup": (10, 0, 10_000), "threshold": (0.0, 0.0, 1.0),
+        "cutout": (0.5, 0.0, 1.0), "cutout_size": (0.2, 0.0, 1.0),
+        # 0: the whole image padded to a square; else the centred square of at most that many pixels
+        "crop": (220.0, 0.0, 10_000.0),
+    }  # fmt: skip
 
     def cost(self, config: Any) -> float:
         return 2.3  # labelled step + easy forward (no gradients, ~1/3) + hard step

@@ -34,27 +34,15 @@ from sslbench import metrics as pose_metrics
 from sslbench.atomic import read_json, write_json
 from sslbench.errors import ConfigError
 from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Backbone, Geometry, ImageDataset, Strategy
+from sslbench.interfaces import Backbone, Geometry, ImageDataset
 from sslbench.joints import FLIP_INDEX, NUM_JOINTS
 from sslbench.pipeline import centre_map_tensor, crop_matrix, person_box, to_tensor, warp
 from sslbench.pose import decode_joints
-from sslbench.registry import Entry, Registry
-from sslbench.semi import (
-    Concat,
-    JointsOverride,
-    MaskedPoseTask,
-    MixedTaskDataset,
-    check_options,
-    option,
-    unlabelled_crop,
-)
+from sslbench.registry import Entry
+from sslbench.semi import Concat, JointsOverride, MaskedPoseTask, MixedTaskDataset, unlabelled_crop
 from sslbench.splits import budget
-from sslbench.strategies import Cell, check_transfer_pair, require_unlabelled, transfer_label
+from sslbench.strategies import Cell, SemiSupervised
 from sslbench.train import FitResult, finished, resolve_device
-
-DEFAULTS: dict[str, Any] = {
-    "threshold": 0.25, "min_joints": 4, "images": 3000, "per_epoch": 0, "rounds": 1, "crop": 0.0, "passes": 1,
-}  # fmt: skip
 
 
 def predict_joints(
@@ -93,33 +81,17 @@ def predict_joints(
     return np.concatenate(joints_out), np.concatenate(scores_out)
 
 
-class PseudoLabel(Strategy):
+class PseudoLabel(SemiSupervised):
     """Teacher on the labelled budget, pseudo-labels on the unlabelled pool, student on both."""
 
     name = "pseudo-label"
-    uses_unlabelled = True
-
-    def options(self, config: Any) -> dict[str, Any]:
-        given = config.strategy_options
-        check_options(self.name, given, list(DEFAULTS))
-        return {
-            "threshold": option(self.name, given, "threshold", DEFAULTS["threshold"], 0.0, 1.0),
-            "min_joints": option(self.name, given, "min_joints", DEFAULTS["min_joints"], 1, 14),
-            "images": option(self.name, given, "images", DEFAULTS["images"], 1, 10**7),
-            # 0: as many pseudo-labelled images a epoch as the labelled budget has
-            "per_epoch": option(self.name, given, "per_epoch", DEFAULTS["per_epoch"], 0, 10**7),
-            "rounds": option(self.name, given, "rounds", DEFAULTS["rounds"], 1, 10),
-            # 0: the whole image padded to a square; else the centred square of at most that many pixels
-            "crop": option(self.name, given, "crop", DEFAULTS["crop"], 0.0, 10_000.0),
-            "passes": option(self.name, given, "passes", DEFAULTS["passes"], 1, 5),
-        }
-
-    def validate(self, config: Any, registry: Registry) -> None:
-        check_transfer_pair(config, registry, required=False)
-        require_unlabelled(config, self.name)
-
-    def label(self, config: Any) -> str:
-        return f"{transfer_label(config)} + {self.name}" if config.policy != "none" else self.name
+    OPTIONS = {
+        "threshold": (0.25, 0.0, 1.0), "min_joints": (4, 1, NUM_JOINTS), "images": (3000, 1, 10**7),
+        "per_epoch": (0, 0, 10**7),  # 0: as many pseudo-labelled images a epoch as the labelled budget has
+        "rounds": (1, 1, 10),
+        "crop": (0.0, 0.0, 10_000.0),  # 0: the whole image padded to a square; else the centred square of at most that
+        "passes": (1, 1, 5),
+    }  # fmt: skip
 
     def cost(self, config: Any) -> float:
         o = self.options(config)

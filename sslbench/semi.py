@@ -29,23 +29,6 @@ from sslbench.pose import PoseTask
 _UNLABELLED_WORD = 15485863
 
 
-def option(strategy: str, options: dict[str, Any], name: str, default: Any, low: float, high: float) -> Any:
-    """``options[name]`` (or *default*) checked to be a number of *default*'s type in [low, high]."""
-    value = options.get(name, default)
-    kind = int if isinstance(default, int) and not isinstance(default, bool) else float
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value).is_integer())
-    if not ok or not low <= value <= high:
-        what = "an integer" if kind is int else "a number"
-        raise ConfigError(f"strategy {strategy}: option {name} must be {what} in {low:g}..{high:g}, got {value!r}")
-    return kind(value)
-
-
-def check_options(strategy: str, options: dict[str, Any], known: Sequence[str]) -> None:
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ConfigError(f"strategy {strategy}: unknown option {unknown[0]!r} (options: {', '.join(known)})")
-
-
 def unlabelled_crop(image: np.ndarray, side: float) -> tuple[tuple[float, float], float]:
     """(centre, side) of the square an unlabelled image is cut to: the centred square of at most
     *side* pixels, or for *side* 0 the square of the image's longer side (all of it, padded)."""

@@ -89,6 +89,44 @@ def check_transfer_pair(config: RunConfig, registry: Registry, *, required: bool
         )
 
 
+def check_options(strategy: str, given: dict[str, Any], table: dict[str, tuple[Any, float, float]]) -> dict[str, Any]:
+    """*given* options checked against *table* (name -> default, lowest, highest), defaults filled in;
+    a number of the default's type in range, else a one-line ConfigError naming the option."""
+    unknown = sorted(set(given) - set(table))
+    if unknown:
+        raise ConfigError(f"strategy {strategy}: unknown option {unknown[0]!r} (options: {', '.join(table)})")
+    checked = {}
+    for name, (default, low, high) in table.items():
+        value = given.get(name, default)
+        whole = isinstance(default, int) and not isinstance(default, bool)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and (not whole or float(value).is_integer()) and low <= value <= high):
+            what = "an integer" if whole else "a number"
+            raise ConfigError(f"strategy {strategy}: option {name} must be {what} in {low:g}..{high:g}, got {value!r}")
+        checked[name] = int(value) if whole else float(value)
+    return checked
+
+
+class SemiSupervised(Strategy):
+    """A strategy whose pose phase also trains on an unlabelled pool (``unlabelled_data``). It starts
+    like any cell (random, or a pretext pretraining transferred by the policy) and its rows say both
+    parts (``jigsaw-heatmap/first+middle + consistency``)."""
+
+    uses_unlabelled = True
+    #: option name -> (default, lowest, highest); the default's type is the option's
+    OPTIONS: dict[str, tuple[Any, float, float]] = {}
+
+    def options(self, config: Any) -> dict[str, Any]:
+        return check_options(self.name, config.strategy_options, self.OPTIONS)
+
+    def validate(self, config: Any, registry: Registry) -> None:
+        check_transfer_pair(config, registry, required=False)
+        require_unlabelled(config, self.name)
+
+    def label(self, config: Any) -> str:
+        return f"{transfer_label(config)} + {self.name}" if config.policy != "none" else self.name
+
+
 def require_unlabelled(config: RunConfig, strategy: str) -> None:
     """The pose-phase pool must be named by strategies that train on unlabelled images."""
     if not config.unlabelled_data:
