@@ -50,6 +50,7 @@ column                          meaning
                                 Wrist, Hip, Knee, Ankle, and Mean
 ``pretext.<name>``              held-out metrics of the pretext task (e.g. ``pretext.loss``,
                                 ``pretext.tile_acc`` of jigsaw-heatmap); empty for supervised cells
+``strategy_metrics.<name>``     a strategy's own diagnostics (pseudo-label accuracy, collapse)
 ``timing.pretrain_s``           seconds of pretext training (0 when it came from the cache)
 ``timing.pretrain_cached``      whether the pretrained weights were reused from an earlier cell
 ``timing.downstream_s``         seconds of downstream training
@@ -104,7 +105,7 @@ SCHEMA = 1
 #: top-level keys of a record of the current schema
 RECORD_KEYS: tuple[str, ...] = (
     "schema", "cell_id", "status", "error", "strategy", "config", "seed", "train_size",
-    "metrics", "pretext_metrics", "timing", "env", "files", "created",
+    "metrics", "pretext_metrics", "strategy_metrics", "timing", "env", "files", "created",
 )  # fmt: skip
 
 #: columns every done cell of the current schema has (missing ones are warned about)
