@@ -5,7 +5,8 @@ One network. Every labelled training sample of an epoch is paired with one unlab
 ``crop`` pixels, unaugmented) and a *hard* view of the same square under the labelled
 augmentation (rotation up to 40 degrees, scale 0.7-1.3, flip) with a Joint Cutout: with
 probability ``cutout`` a square of ``cutout_size`` x the input side is blanked around where the
-easy view puts one random joint. The easy view's final maps, predicted without gradients, are
+easy view puts one random joint. The easy view's final maps, predicted without gradients and
+with the network in eval mode (BatchNorm from its running statistics), are
 moved into the hard view's frame with the exact affine map between the two crops (and the
 left/right channels swapped when the hard view is mirrored); the hard view's maps of every stage
 are trained towards them (MSE; pixels that fall outside the easy view are left out, and joints
@@ -108,8 +109,13 @@ class ConsistencyTask(PoseTask):
             return super().forward(net, batch)
         n = batch["image"].shape[0]
         centremap = batch["centermap"]
-        with torch.no_grad():
-            easy = net(batch["u_easy"], centremap)[-1].float()
+        training = net.training
+        net.eval()  # targets from the running statistics: an unlabelled-only batch never updates them
+        try:
+            with torch.no_grad():
+                easy = net(batch["u_easy"], centremap)[-1].float()
+        finally:
+            net.train(training)
         theta = batch["u_theta"].float()
         grid = F.affine_grid(theta, list(easy.shape), align_corners=True)
         target = F.grid_sample(easy, grid, align_corners=True, padding_mode="zeros")
@@ -181,6 +187,9 @@ class Consistency(SemiSupervised):
     """Labelled pose loss plus easy-to-hard heatmap consistency on unlabelled images."""
 
     name = "consistency"
+    #: 2: easy views predicted in eval mode (version 1 predicted them in training mode, so batches of
+    #: unlabelled images alone moved the BatchNorm statistics the validation and test images are scored with)
+    version = 2
     OPTIONS = {
         "weight": (1.0, 0.0, 1000.0), "rampup": (10, 0, 10_000), "threshold": (0.0, 0.0, 1.0),
         "cutout": (0.5, 0.0, 1.0), "cutout_size": (0.2, 0.0, 1.0),

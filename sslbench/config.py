@@ -147,6 +147,8 @@ class RunConfig:
             data[section] = _legacy_precision(data[section])
         if (version := dataset_version(self.data)) is not None:
             data["data_version"] = version
+        if (entry := _plugin("strategy", self.strategy_name)) is not None and entry.version is not None:
+            data["strategy_version"] = entry.version  # a strategy whose computation changed renames its cells
         if self.pretext != "none" and (version := dataset_version(self.pretext_data)) is not None:
             data["pretext_data_version"] = version
         if self.unlabelled_data is not None and (version := dataset_version(self.unlabelled_data)) is not None:
