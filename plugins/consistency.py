@@ -5,13 +5,16 @@ One network. Every labelled training sample of an epoch is paired with one unlab
 ``crop`` pixels, unaugmented) and a *hard* view of the same square under the labelled
 augmentation (rotation up to 40 degrees, scale 0.7-1.3, flip) with a Joint Cutout: with
 probability ``cutout`` a square of ``cutout_size`` x the input side is blanked around where the
-easy view puts one random joint. The easy view's final maps, predicted without gradients and
-with the network in eval mode (BatchNorm from its running statistics), are
-moved into the hard view's frame with the exact affine map between the two crops (and the
-left/right channels swapped when the hard view is mirrored); the hard view's maps of every stage
-are trained towards them (MSE; pixels that fall outside the easy view are left out, and joints
-whose easy peak is below ``threshold``). The unlabelled term is weighted by ``weight`` times the
-usual sigmoid ramp-up over ``rampup`` epochs, and added to the labelled pose loss.
+easy view puts one random joint. The easy view's final maps are predicted without gradients and
+with the network in eval mode (BatchNorm from its running statistics). With ``targets`` ``peaks``
+(the default) every joint whose easy peak reaches ``threshold`` becomes a target of the hard
+view: a Gaussian of peak 1 where the easy view puts it, moved into the hard view's frame with the
+exact affine map between the two crops (and left/right swapped when the hard view is mirrored),
+drawn like a labelled target; the other joints are left out of the loss. With ``maps`` the easy
+maps themselves are moved into the hard frame and are the targets (the paper's form; here it
+collapsed: see results/lsp-cpu-semi). The hard view's maps of every stage are trained towards the
+targets (MSE); the unlabelled term is weighted by ``weight`` times the usual sigmoid ramp-up over
+``rampup`` epochs, and added to the labelled pose loss.
 
 Collapse (the paper's failure: every map drifting to background) is measured after training:
 the mean joint-map peak of the selected network on the labelled validation images and on
@@ -32,7 +35,7 @@ from sslbench.data import TaskDataset
 from sslbench.hookspecs import hookimpl
 from sslbench.interfaces import Backbone, Geometry, ImageDataset
 from sslbench.joints import FLIP_INDEX, NUM_JOINTS
-from sslbench.pipeline import Augment, centre_map_tensor, crop_matrix, to_tensor, warp
+from sslbench.pipeline import Augment, centre_map_tensor, crop_matrix, decode_maps, to_tensor, warp
 from sslbench.pose import PoseTask
 from sslbench.registry import Entry
 from sslbench.semi import unlabelled_crop
@@ -117,20 +120,46 @@ class ConsistencyTask(PoseTask):
         finally:
             net.train(training)
         theta = batch["u_theta"].float()
-        grid = F.affine_grid(theta, list(easy.shape), align_corners=True)
-        target = F.grid_sample(easy, grid, align_corners=True, padding_mode="zeros")
-        inside = (grid.abs() <= 1).all(dim=-1, keepdim=True).permute(0, 3, 1, 2).float()  # (B, 1, m, m)
         flipped = batch["u_flip"].bool()
         order = torch.tensor([*FLIP_INDEX, NUM_JOINTS], device=easy.device)
-        target = torch.where(flipped[:, None, None, None], target[:, order], target)
         peaks = easy[:, :NUM_JOINTS].amax(dim=(2, 3))
-        peaks = torch.where(flipped[:, None], peaks[:, order[:NUM_JOINTS]], peaks)
-        joint_weight = torch.cat([(peaks >= self.options["threshold"]).float(), torch.ones_like(peaks[:, :1])], dim=1)
+        peaks = torch.where(flipped[:, None], peaks[:, order[:NUM_JOINTS]], peaks)  # in the hard view's channels
+        confident = (peaks >= self.options["threshold"]).float()
+        if self.options["targets"] == "maps":
+            grid = F.affine_grid(theta, list(easy.shape), align_corners=True)
+            target = F.grid_sample(easy, grid, align_corners=True, padding_mode="zeros")
+            target = torch.where(flipped[:, None, None, None], target[:, order], target)
+            inside = (grid.abs() <= 1).all(dim=-1, keepdim=True).permute(0, 3, 1, 2).float()  # (B, 1, m, m)
+            weight = inside * torch.cat([confident, torch.ones_like(confident[:, :1])], dim=1)[:, :, None, None]
+        else:
+            target, weight = self._peak_targets(easy, theta, flipped, order, confident)
         hard = self._cut_out(batch["u_hard"], easy, theta, batch["u_cut"])
-        batch["u_target"], batch["u_weight"] = target, inside * joint_weight[:, :, None, None]
+        batch["u_target"], batch["u_weight"] = target, weight
         outputs = net(torch.cat([batch["image"], hard]), torch.cat([centremap, centremap]))
         batch["u_split"] = n
         return outputs
+
+    def _peak_targets(
+        self, easy: torch.Tensor, theta: torch.Tensor, flipped: torch.Tensor, order: torch.Tensor, confident: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pose targets drawn at the easy view's peaks, moved into the hard view: a Gaussian of peak 1 per
+        confident joint, as a labelled target; unconfident joints (and then the background) weigh 0."""
+        b, _, m, _ = easy.shape
+        coords, _ = decode_maps(easy[:, :NUM_JOINTS])  # (B, K, 2) easy-map pixels
+        scale = 2.0 / max(1, m - 1)
+        easy_norm = torch.cat([coords * scale - 1, torch.ones_like(coords[..., :1])], dim=-1)  # (B, K, 3)
+        to_easy = torch.cat([theta, torch.tensor([0.0, 0.0, 1.0], device=theta.device).expand(b, 1, 3)], dim=1)
+        hard = (torch.linalg.inv(to_easy)[:, None] @ easy_norm[..., None])[..., :2, 0]  # (B, K, 2) normalised
+        hard = (hard + 1) / scale
+        hard = torch.where(flipped[:, None, None], hard[:, order[:NUM_JOINTS]], hard)
+        grid = torch.arange(m, dtype=hard.dtype, device=hard.device)
+        gx = torch.exp(-((grid[None, None, :] - hard[..., :1]) ** 2) / (2 * self.sigma**2))  # (B, K, m)
+        gy = torch.exp(-((grid[None, None, :] - hard[..., 1:]) ** 2) / (2 * self.sigma**2))
+        joints = gy[..., :, None] * gx[..., None, :] * confident[:, :, None, None]
+        target = torch.cat([joints, 1 - joints.amax(dim=1, keepdim=True)], dim=1)
+        background = confident.min(dim=1, keepdim=True).values  # known only when every joint is
+        weight = torch.cat([confident, background], dim=1)[:, :, None, None]
+        return target, weight
 
     def _cut_out(self, hard: torch.Tensor, easy: torch.Tensor, theta: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
         """Blank a square around the chosen joint of the easy view, moved into the hard view (mean colour: 0)."""
@@ -188,10 +217,12 @@ class Consistency(SemiSupervised):
 
     name = "consistency"
     #: 2: easy views predicted in eval mode (version 1 predicted them in training mode, so batches of
-    #: unlabelled images alone moved the BatchNorm statistics the validation and test images are scored with)
-    version = 2
+    #: unlabelled images alone moved the BatchNorm statistics the validation and test images are scored with);
+    #: 3: option targets, default peaks (version 2 trained towards the warped maps, which collapsed)
+    version = 3
     OPTIONS = {
-        "weight": (1.0, 0.0, 1000.0), "rampup": (10, 0, 10_000), "threshold": (0.0, 0.0, 1.0),
+        "weight": (1.0, 0.0, 1000.0), "rampup": (10, 0, 10_000), "threshold": (0.25, 0.0, 1.0),
+        "targets": ("peaks", ("peaks", "maps")),
         "cutout": (0.5, 0.0, 1.0), "cutout_size": (0.2, 0.0, 1.0),
         # 0: the whole image padded to a square; else the centred square of at most that many pixels
         "crop": (220.0, 0.0, 10_000.0),

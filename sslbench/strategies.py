@@ -89,15 +89,22 @@ def check_transfer_pair(config: RunConfig, registry: Registry, *, required: bool
         )
 
 
-def check_options(strategy: str, given: dict[str, Any], table: dict[str, tuple[Any, float, float]]) -> dict[str, Any]:
-    """*given* options checked against *table* (name -> default, lowest, highest), defaults filled in;
-    a number of the default's type in range, else a one-line ConfigError naming the option."""
+def check_options(strategy: str, given: dict[str, Any], table: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
+    """*given* options checked against *table* (name -> (default, lowest, highest) for a number of the
+    default's type, or (default, choices) for a word), defaults filled in; else a one-line
+    ConfigError naming the option."""
     unknown = sorted(set(given) - set(table))
     if unknown:
         raise ConfigError(f"strategy {strategy}: unknown option {unknown[0]!r} (options: {', '.join(table)})")
-    checked = {}
-    for name, (default, low, high) in table.items():
+    checked: dict[str, Any] = {}
+    for name, (default, *bounds) in table.items():
         value = given.get(name, default)
+        if isinstance(default, str):
+            if value not in bounds[0]:
+                raise ConfigError(f"strategy {strategy}: option {name} must be one of {', '.join(bounds[0])}, got {value!r}")
+            checked[name] = value
+            continue
+        low, high = bounds
         whole = isinstance(default, int) and not isinstance(default, bool)
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not (number and (not whole or float(value).is_integer()) and low <= value <= high):
@@ -113,8 +120,8 @@ class SemiSupervised(Strategy):
     parts (``jigsaw-heatmap/first+middle + consistency``)."""
 
     uses_unlabelled = True
-    #: option name -> (default, lowest, highest); the default's type is the option's
-    OPTIONS: dict[str, tuple[Any, float, float]] = {}
+    #: option name -> (default, lowest, highest), the default's type the option's; or (default, choices)
+    OPTIONS: dict[str, tuple[Any, ...]] = {}
 
     def options(self, config: Any) -> dict[str, Any]:
         return check_options(self.name, config.strategy_options, self.OPTIONS)

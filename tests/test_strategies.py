@@ -289,3 +289,22 @@ def test_easy_view_maps_moved_by_the_affine_land_on_the_hard_view_maps(flip: boo
     inside = own[0, :NUM_JOINTS].amax(dim=(1, 2)) > 0.5
     assert inside.sum() >= 8
     assert (peaks(moved) - peaks(own))[inside].abs().max() <= 1.0  # within a map pixel of rounding
+
+
+def test_peak_targets_put_a_labelled_style_gaussian_where_the_easy_view_sees_a_confident_joint():
+    from sslbench.joints import FLIP_INDEX, NUM_JOINTS
+    from sslbench.pipeline import crop_matrix, gaussian_maps, with_background
+    from sslbench_plugins.consistency import ConsistencyTask
+
+    task = ConsistencyTask({"threshold": 0.5, "targets": "peaks", "weight": 1.0, "rampup": 0}, sigma=1.0)
+    easy_xy = np.array([[4.0 + k % 8, 3.0 + k // 8 * 5] for k in range(NUM_JOINTS)])
+    easy = torch.from_numpy(with_background(gaussian_maps(easy_xy, 16, 1.0)))[None]
+    easy[0, 5] *= 0.2  # an unconfident joint
+    m = crop_matrix((64.0, 64.0), 128.0, 128)
+    theta = torch.from_numpy(map_affine(m, m, stride=8, map_size=16))[None]  # the same view: identity
+    order = torch.tensor([*FLIP_INDEX, NUM_JOINTS])
+    confident = (easy[:, :NUM_JOINTS].amax(dim=(2, 3)) >= 0.5).float()
+    target, weight = task._peak_targets(easy, theta, torch.tensor([False]), order, confident)
+    assert torch.allclose(target[0, :5], easy[0, :5], atol=1e-4) and weight[0, 5].item() == 0 and weight[0, -1].item() == 0
+    mirrored, _ = task._peak_targets(easy, theta, torch.tensor([True]), order, confident[:, order[:NUM_JOINTS]])
+    assert torch.allclose(mirrored[0, FLIP_INDEX[0]], easy[0, 0], atol=1e-4)  # channels swapped
