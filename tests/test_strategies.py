@@ -262,7 +262,14 @@ def test_easy_view_maps_moved_by_the_affine_land_on_the_hard_view_maps(flip: boo
     import torch.nn.functional as F
 
     from sslbench.joints import FLIP_INDEX, NUM_JOINTS
-    from sslbench.pipeline import crop_matrix, gaussian_maps, input_to_map, person_box, transform_points, with_background
+    from sslbench.pipeline import (
+        crop_matrix,
+        gaussian_maps,
+        input_to_map,
+        person_box,
+        transform_points,
+        with_background,
+    )
 
     rng = np.random.default_rng(1)
     joints = np.concatenate([rng.uniform(60, 140, size=(NUM_JOINTS, 2)), np.ones((NUM_JOINTS, 1))], axis=1)
