@@ -134,13 +134,14 @@ class RunConfig:
 
     def identity(self) -> dict[str, Any]:
         """The config as :attr:`cell_id` hashes it: :data:`LATER_FIELDS` at their defaults are left out,
-        and so are pretext options at the pretext's default (:func:`canonical_options`) and a strategy
-        spelled out that the pretext implies. The version a dataset declares (:func:`dataset_version`)
+        and so are pretext and strategy options at their plugin's default (:func:`canonical_options`)
+        and a strategy spelled out that the pretext implies. The version a dataset declares (:func:`dataset_version`)
         is added: the labelled data's, the pretext data's when a pretext trains, the unlabelled
         pose-phase data's when there is some."""
         data = self.to_dict()
         if data["strategy"] == RunConfig(pretext=self.pretext).strategy_name:
             data["strategy"] = None  # spelled out or implied, the same cell
+        data["strategy_options"] = canonical_options("strategy", self.strategy_name, self.strategy_options)
         data = {name: value for name, value in data.items() if not at_later_default(name, value)}
         data["pretext_options"] = canonical_options("pretext", self.pretext, self.pretext_options)
         for section in ("pretrain", "downstream"):

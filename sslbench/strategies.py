@@ -126,6 +126,11 @@ class SemiSupervised(Strategy):
     def options(self, config: Any) -> dict[str, Any]:
         return check_options(self.name, config.strategy_options, self.OPTIONS)
 
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Option defaults: an option spelled out at its default names the same cell."""
+        return {name: spec[0] for name, spec in cls.OPTIONS.items()}
+
     def validate(self, config: Any, registry: Registry) -> None:
         check_transfer_pair(config, registry, required=False)
         require_unlabelled(config, self.name)

@@ -132,6 +132,9 @@ def test_spelling_out_the_strategy_the_pretext_implies_keeps_the_cell_id():
     assert RunConfig.from_dict({**transfer.to_dict(), "strategy": "transfer"}).cell_id == transfer.cell_id
     semi = RunConfig.from_dict({**implied.to_dict(), "strategy": "consistency", "unlabelled_data": "lspet"})
     assert semi.cell_id != implied.cell_id
+    spelled = RunConfig.from_dict({**semi.to_dict(), "strategy_options": {"weight": 1.0, "targets": "peaks"}})
+    assert spelled.cell_id == semi.cell_id
+    assert RunConfig.from_dict({**semi.to_dict(), "strategy_options": {"weight": 0.5}}).cell_id != semi.cell_id
 
 
 @pytest.mark.parametrize(
