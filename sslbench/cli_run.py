@@ -43,7 +43,7 @@ def build_config(
     config = apply_overrides(config, overrides)
     for text in assignments:
         path, value = parse_assignment(text)
-        config = set_path(config, path, value)
+        config = set_path(config, path, value, f"--set {text}")
     return config
 
 

@@ -280,8 +280,68 @@ def parse_assignment(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def set_path(config: RunConfig, path: list[str], value: Any) -> RunConfig:
-    """A copy of *config* with the field at *path* (e.g. ``["downstream", "lr"]``) set to *value*."""
+def setting_types() -> dict[str, str]:
+    """Dotted setting path -> annotation text (``"int | None"``), for type checks of ``--set`` values.
+
+    The sections ``pretrain`` and ``downstream`` are listed by their fields only: a section
+    itself is not a value.
+    """
+    types = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
+    for section in SECTIONS:
+        types.pop(section)
+        types.update({f"{section}.{f.name}": str(f.type) for f in dataclasses.fields(TrainSettings)})
+    return types
+
+
+#: the RunConfig fields that are TrainSettings tables
+SECTIONS = ("pretrain", "downstream")
+
+_TYPE_NAMES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),),
+    "dict[str, Any]": (dict,),
+}  # fmt: skip
+
+
+def _close(name: str, known: Any) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def check_setting(path: list[str] | tuple[str, ...], value: Any, where: str) -> None:
+    """Raise :class:`ConfigError` (prefixed by *where*) when *path* is no setting or *value* has the wrong type.
+
+    The one check of every ``--set`` value, whether from ``sslbench run``, ``bench`` or a sweep spec.
+    """
+    path = list(path)
+    dotted = ".".join(path)
+    types = setting_types()
+    if len(path) == 1 and path[0] in SECTIONS:
+        fields = ", ".join(f.name for f in dataclasses.fields(TrainSettings))
+        raise ConfigError(f"{where}: {dotted} is a section, not a value; set one of its fields "
+                          f"({dotted}.epochs=3; fields: {fields})")  # fmt: skip
+    options = len(path) == 2 and path[0].endswith("_options") and path[0] in types
+    if dotted not in types:
+        if options:
+            return
+        raise ConfigError(f"{where}: no such setting {dotted!r}.{_close(dotted, types)}")
+    allowed = [_TYPE_NAMES.get(part.strip()) for part in types[dotted].split("|")]
+    if not all(allowed):
+        return
+    kinds = tuple(t for group in allowed for t in group)  # type: ignore[union-attr]
+    wrong_bool = isinstance(value, bool) and bool not in kinds
+    if wrong_bool or not isinstance(value, kinds):
+        raise ConfigError(f"{where}: {dotted} must be {types[dotted]}, got {value!r}")
+
+
+def set_path(config: RunConfig, path: list[str], value: Any, where: str | None = None) -> RunConfig:
+    """A copy of *config* with the field at *path* (e.g. ``["downstream", "lr"]``) set to *value*.
+
+    *value* is type-checked against the field (:func:`check_setting`); *where* names the
+    option in errors (default ``--set PATH``).
+    """
+    check_setting(path, value, where or f"--set {'.'.join(path)}")
     data = config.to_dict()
     node: Any = data
     for i, part in enumerate(path[:-1]):

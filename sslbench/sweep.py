@@ -26,7 +26,6 @@ epoch. Each cell is claimed with an OS file lock while it runs, so several sweep
 from __future__ import annotations
 
 import collections
-import dataclasses
 import difflib
 import itertools
 import json
@@ -47,7 +46,7 @@ from typing import Any, Callable, Iterable, Sequence
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
-from sslbench.config import RunConfig, TrainSettings, config_hash, profile_config, set_path
+from sslbench.config import RunConfig, TrainSettings, check_setting, config_hash, profile_config, set_path, setting_types
 from sslbench.errors import ConfigError, SSLBenchError
 from sslbench.joints import NUM_JOINTS
 from sslbench.registry import Registry
@@ -325,34 +324,14 @@ def prune_reason(pretext: str, policy: str, freeze: bool) -> str | None:
 
 
 def _setting_types() -> dict[str, str]:
-    """Dotted setting path -> annotation text, for type checks of ``set`` values."""
-    types = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
-    for section in ("pretrain", "downstream"):
-        types.pop(section)
-        types.update({f"{section}.{f.name}": str(f.type) for f in dataclasses.fields(TrainSettings)})
-    return types
+    """Dotted setting path -> annotation text (see :func:`sslbench.config.setting_types`)."""
+    return setting_types()
 
 
-_TYPE_NAMES: dict[str, tuple[type, ...]] = {
-    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),),
-}  # fmt: skip
-
-
-def _apply_override(config: RunConfig, override: Override, types: dict[str, str]) -> RunConfig:
-    dotted = ".".join(override.path)
-    options = len(override.path) == 2 and override.path[0].endswith("_options")
-    if dotted not in types and not options:
-        raise ConfigError(f"{override.origin}: no such setting {dotted!r}.{_hint(dotted, types)}")
-    if dotted in types:
-        allowed = [_TYPE_NAMES.get(part.strip()) for part in types[dotted].split("|")]
-        if all(allowed):
-            kinds = tuple(t for group in allowed for t in group)  # type: ignore[union-attr]
-            value = override.value
-            wrong_bool = isinstance(value, bool) and bool not in kinds
-            if wrong_bool or not isinstance(value, kinds):
-                raise ConfigError(f"{override.origin}: {dotted} must be {types[dotted]}, got {value!r}")
+def _apply_override(config: RunConfig, override: Override, types: dict[str, str] | None = None) -> RunConfig:
+    check_setting(override.path, override.value, override.origin)  # the same check as `run --set`
     try:
-        return set_path(config, list(override.path), override.value)
+        return set_path(config, list(override.path), override.value, override.origin)
     except ConfigError as exc:
         raise ConfigError(f"{override.origin}: {exc}") from None
 
