@@ -220,6 +220,8 @@ def load_spec(path: Path | str) -> SweepSpec:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"sweep spec {path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"sweep spec {path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
