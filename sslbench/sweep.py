@@ -62,7 +62,7 @@ LOADER_WORKERS_ENV = "SSLBENCH_MAX_LOADER_WORKERS"
 SPEC_KEYS: dict[str, str] = {
     "name": "sweep name; results go to ./results/<name>/",
     "description": "free text",
-    "profile": "paper | cpu | smoke",
+    "profile": "paper | cpu | demo | smoke",
     "backbones": "backbone plugin names",
     "pretexts": "pretext plugin names (none: supervised)",
     "policies": "transfer policies, ':frozen' suffix freezes (none: supervised)",
@@ -854,6 +854,9 @@ def _cell_process(cell_id: str, config: dict, root: str, workdir: str, runner: R
 class _Display:
     """The overall sweep progress line: done / running / failed / left and a time estimate."""
 
+    #: without a terminal (a log, a pipe, CI) a plain progress line is printed at least this often
+    LINE_EVERY_S = 60.0
+
     def __init__(self, progress: Progress, name: str, total: int, estimates: dict[str, float | None], workers: int) -> None:
         self.progress = progress
         self.estimates = estimates
@@ -861,6 +864,9 @@ class _Display:
         self.counts = collections.Counter()
         self.actual: dict[str, float] = {}
         self.task = progress.add_task(f"sweep {name}", total=total, status="")
+        self.name, self.total = name, total
+        self.started = time.perf_counter()
+        self._last_line: tuple[str, float] | None = None
 
     def update(self, unfinished: Sequence[str], running: int) -> None:
         """*unfinished*: ids of the cells running or waiting; *running*: how many of them run."""
@@ -870,7 +876,30 @@ class _Display:
             f"done {c['done'] + c['skipped']} · running {running} · failed {c['failed']} · left {len(unfinished) - running}"
             + (f" · ~{format_seconds(eta)} left" if eta is not None else "")
         )
-        self.progress.update(self.task, completed=c["done"] + c["failed"] + c["skipped"] + c["busy"], status=status)
+        completed = c["done"] + c["failed"] + c["skipped"] + c["busy"]
+        self.progress.update(self.task, completed=completed, status=status)
+        if not self.progress.console.is_terminal:
+            self._plain_line(completed, running, len(unfinished) - running, eta)
+
+    def _plain_line(self, completed: int, running: int, waiting: int, eta: float | None) -> None:
+        """The progress as one plain line when it changed, else once a minute (rich draws no bar here)."""
+        c = self.counts
+        elapsed = time.perf_counter() - self.started
+        if eta is None and running + waiting:
+            guess = "time left unknown until a cell has finished"
+        else:
+            guess = f"~{format_seconds(eta or 0)} left"
+        key = f"{completed}/{running}/{waiting}/{c['failed']}"
+        now = time.perf_counter()
+        if self._last_line is not None and self._last_line[0] == key and now - self._last_line[1] < self.LINE_EVERY_S:
+            return
+        self._last_line = (key, now)
+        self.progress.console.print(
+            f"sweep {self.name}: {completed}/{self.total} cells finished (done {c['done'] + c['skipped']}, failed "
+            f"{c['failed']}), {running} running, {waiting} waiting; {format_seconds(elapsed)} elapsed, {guess}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     def finish(self, cell_id: str, status: str, seconds: float) -> None:
         self.counts[status] += 1
