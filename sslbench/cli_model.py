@@ -103,6 +103,13 @@ def print_metrics(console: Console, metrics: dict[str, Any], title: str = "pose 
         headline.add_column(label, justify="right")
     headline.add_row(*(_fmt(flat[key], digits) for _, key, digits in shown))
     console.print(headline)
+    if "report_loss" in flat:
+        console.print(
+            "report loss: the final stage's MSE x 46*46*15, the scale of the loss figures of the report this "
+            "project grew out of (lower is better; comparable in spirit only at other input sizes)",
+            highlight=False,
+            style="dim",
+        )
     if parts:
         table = Table(title="PCK@0.2 per part (left and right averaged)", title_justify="left", min_width=60)
         order = [p for p in (*PARTS, "Mean") if p in parts]

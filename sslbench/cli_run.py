@@ -50,7 +50,7 @@ def build_config(
 def config_options(function):
     """The options of ``run``: everything that builds one RunConfig."""
     options = [
-        click.option("--profile", default="cpu", show_default=True, help="paper | cpu | smoke: starting settings."),
+        click.option("--profile", default="cpu", show_default=True, help="paper | cpu | demo | smoke: starting settings."),
         click.option("--backbone", help="Backbone plugin name (default cpm6)."),
         click.option("--pretext", help="Pretext plugin name, or none for supervised training."),
         click.option("--policy", help="Transfer policy: all, first, first+middle or none; ':frozen' suffix freezes."),

@@ -160,7 +160,7 @@ def print_plan(plan: Plan, results: Path, workdir: Path, console: Console, estim
 @click.command("sweep")
 @click.argument("spec_path", metavar="[SPEC.toml]", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--name", help="Sweep name (default: the spec's name or file name); results go to ./results/NAME/.")
-@click.option("--profile", help="paper | cpu | smoke (default: the spec's, else cpu).")
+@click.option("--profile", help="paper | cpu | demo | smoke (default: the spec's, else cpu).")
 @click.option("--backbones", metavar="A,B", help="Backbone names, comma-separated.")
 @click.option("--pretexts", metavar="A,B", help="Pretext names; none = supervised baseline.")
 @click.option("--policies", metavar="A,B", help="Transfer policies; e.g. none,first,first+middle:frozen.")

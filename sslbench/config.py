@@ -234,6 +234,24 @@ PROFILES: dict[str, dict[str, Any]] = {
             "warmup_epochs": 1, "patience": 15, "num_workers": 1,
         },
     },
+    # A demonstration on the synthetic people, sized so that benchmarks/demo.toml (3 seeds x
+    # supervised + jigsaw transfer, with their pretrainings) finishes in about 5 minutes on 2 cores:
+    # 64 px, width x0.125 with BatchNorm, 100 labelled images. Its numbers show how the harness
+    # compares strategies, not how they compare on real people (that is the cpu profile on LSP).
+    "demo": {
+        "backbone_options": {"input_size": 64, "width": 0.125, "norm": "batch"},
+        "sigma": 1.0,
+        "train_size": 100,
+        "data_options": {"size": 600},
+        "pretrain": {
+            "epochs": 3, "batch_size": 16, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
+            "samples_per_epoch": 800, "val_samples": 100, "num_workers": 0,
+        },
+        "downstream": {
+            "epochs": 15, "batch_size": 16, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
+            "warmup_epochs": 1, "patience": 0, "num_workers": 0,
+        },
+    },
     # Seconds: for tests and trying the command line.
     "smoke": {
         "backbone_options": {"input_size": 64, "width": 0.125},

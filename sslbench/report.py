@@ -332,8 +332,10 @@ def views(report: Report) -> list[View]:
             View(
                 "Report-style view by number of training images: test loss of the selected checkpoint (converge epoch)",
                 _pivot(report, report_cell),
-                "The original study's table: its scaled MSE (lower is better) and the epoch after which "
-                "validation stopped improving, means over seeds. Selected on validation, not on test.",
+                "The table of the report this project grew out of, in its terms: report loss = the final stage's "
+                "test MSE x 46*46*15, the scale of that report's loss figures (lower is better); converge epoch = "
+                "the first epoch whose validation PCK@0.2 came within 1% of the best. Means over seeds; "
+                "selected on validation, not on test.",
             )
         )
     return out
