@@ -867,11 +867,12 @@ class _Display:
         self.name, self.total = name, total
         self.started = time.perf_counter()
         self._last_line: tuple[str, float] | None = None
+        self._estimated: tuple[int, float | None, float] | None = None
 
     def update(self, unfinished: Sequence[str], running: int) -> None:
         """*unfinished*: ids of the cells running or waiting; *running*: how many of them run."""
         c = self.counts
-        eta = self.eta(unfinished)
+        eta = self._countdown(self.eta(unfinished), len(unfinished))
         status = (
             f"done {c['done'] + c['skipped']} · running {running} · failed {c['failed']} · left {len(unfinished) - running}"
             + (f" · ~{format_seconds(eta)} left" if eta is not None else "")
@@ -880,6 +881,14 @@ class _Display:
         self.progress.update(self.task, completed=completed, status=status)
         if not self.progress.console.is_terminal:
             self._plain_line(completed, running, len(unfinished) - running, eta)
+
+    def _countdown(self, eta: float | None, unfinished: int) -> float | None:
+        """*eta* as estimated when the last cell finished, less the time since (estimates change per cell)."""
+        now = time.perf_counter()
+        if self._estimated is None or self._estimated[0] != unfinished:
+            self._estimated = (unfinished, eta, now)
+        _, then, since = self._estimated
+        return None if then is None else max(0.0, then - (now - since))
 
     def _plain_line(self, completed: int, running: int, waiting: int, eta: float | None) -> None:
         """The progress as one plain line when it changed, else once a minute (rich draws no bar here)."""
