@@ -894,10 +894,12 @@ class _Display:
         """The progress as one plain line when it changed, else once a minute (rich draws no bar here)."""
         c = self.counts
         elapsed = time.perf_counter() - self.started
-        if eta is None and running + waiting:
+        if not running + waiting:
+            guess = "nothing left"
+        elif eta is None:
             guess = "time left unknown until a cell has finished"
         else:
-            guess = f"~{format_seconds(eta or 0)} left"
+            guess = f"~{format_seconds(eta)} left"
         key = f"{completed}/{running}/{waiting}/{c['failed']}"
         now = time.perf_counter()
         if self._last_line is not None and self._last_line[0] == key and now - self._last_line[1] < self.LINE_EVERY_S:

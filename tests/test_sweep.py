@@ -675,6 +675,7 @@ def test_sweep_prints_plain_progress_lines_with_cells_left_and_an_eta_without_a_
     assert lines[0].startswith(f"sweep t: 0/{total} cells finished") and "time left unknown" in lines[0]
     assert any(f"1/{total} cells finished" in line and "left" in line and "~" in line for line in lines)
     assert lines[-1].startswith(f"sweep t: {total}/{total} cells finished (done {total}, failed 0), 0 running, 0 waiting")
+    assert lines[-1].endswith("elapsed, nothing left")
 
 
 def test_demo_spec_compares_three_seeds_of_two_strategies_at_the_demo_profile(registry):
