@@ -30,7 +30,7 @@ from sslbench.data import TaskDataset, make_loader
 from sslbench.interfaces import Geometry, SampleKey
 from sslbench.pose import PoseTask
 from sslbench.registry import default_registry
-from sslbench.runner import build_backbone, open_dataset
+from sslbench.phases import build_backbone, open_dataset
 from sslbench.train import eval_step, make_optimizer, prepare_model, resolve_device, train_step, use_bf16
 
 #: images (and batches) per loader benchmark round

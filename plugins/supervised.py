@@ -1,8 +1,9 @@
-"""``none``: no pretext and no pretraining, the supervised baseline.
+"""The supervised baseline: strategy ``supervised`` and its pretext ``none``.
 
 The pose network starts from random initialisation and trains on the labelled images
-only. The runner checks :attr:`Pretext.trains` and never asks this pretext for samples;
-if anything does, it gets a clear error instead of a silent dummy task.
+only. Pretext ``none`` means "no pretraining": :attr:`Pretext.trains` is False and the
+runner never asks it for samples; if anything does, it gets a clear error instead of a
+silent dummy task.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import torch
 
 from sslbench.errors import ConfigError
 from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey
+from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey, Strategy
 from sslbench.pretexts import pretext_factory
-from sslbench.registry import Entry
+from sslbench.registry import Entry, Registry
+from sslbench.strategies import check_transfer_pair, pretrains
 
 
 def _does_not_train(what: str) -> NoReturn:
@@ -46,6 +48,29 @@ class NoPretext(Pretext):
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name}
+
+
+class Supervised(Strategy):
+    """Random initialisation, the labelled budget only: what every other strategy is compared with."""
+
+    name = "supervised"
+    uses_pretraining = False
+
+    def validate(self, config: Any, registry: Registry) -> None:
+        check_transfer_pair(config, registry, required=False)
+        if pretrains(config, registry):
+            raise ConfigError(
+                f"strategy supervised trains from scratch, but --pretext is {config.pretext} "
+                "(use --pretext none --policy none, or strategy transfer)"
+            )
+
+    def label(self, config: Any) -> str:
+        return "supervised"
+
+
+@hookimpl
+def sslbench_strategies() -> list[Entry]:
+    return [Entry("supervised", "random initialisation, trained on the labelled budget only (the baseline)", Supervised)]
 
 
 @hookimpl

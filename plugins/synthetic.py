@@ -33,7 +33,8 @@ from sslbench.joints import NUM_JOINTS
 from sslbench.registry import Entry
 from sslbench.splits import train_val_test
 
-#: bumped whenever the renderer's output changes, so caches keyed on describe() are invalidated
+#: bumped whenever the renderer's output changes: the dataset's ``version``, so cell ids and
+#: pretext cache keys of its images change with it (and describe() says it)
 RENDER_VERSION = 1
 
 #: image sides are drawn from this range (pixels), like LSP's crops around one person
@@ -964,6 +965,7 @@ class SyntheticPeople(ImageDataset):
 
     name = "synthetic"
     protocols = ("standard",)
+    version = RENDER_VERSION
 
     def __init__(
         self,

@@ -20,7 +20,6 @@ normal(0, 0.001), BatchNorm weight 1 and bias 0, final bias 0.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 import pickle
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslbench.errors import CheckpointError, ConfigError
+from sslbench.errors import CheckpointError, ConfigError, did_you_mean
 from sslbench.hookspecs import hookimpl
 from sslbench.interfaces import Backbone, LayerGroup
 from sslbench.registry import Entry
@@ -200,8 +199,7 @@ def _create_trunk(model: str) -> nn.Module:
     import timm
 
     if not isinstance(model, str) or not timm.is_model(model):
-        close = difflib.get_close_matches(str(model), timm.list_models(), n=3, cutoff=0.6)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(str(model), timm.list_models(), n=3, cutoff=0.6)
         raise ConfigError(f"backbone option model: unknown timm model {model!r}.{hint} See timm.list_models()")
     try:
         return timm.create_model(model, features_only=True, pretrained=False)

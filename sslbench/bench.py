@@ -234,12 +234,6 @@ def train_flops_per_image(model: nn.Module, task: Task, batch: dict[str, Any], s
     return train / n, forward / n
 
 
-def conv_flops(layer: nn.Conv2d, out_height: int, out_width: int, batch: int = 1) -> int:
-    """Hand formula: 2 x outputs x (input channels / groups) x kernel area (a multiply and an add each)."""
-    kh, kw = layer.kernel_size
-    return 2 * batch * layer.out_channels * out_height * out_width * (layer.in_channels // layer.groups) * kh * kw
-
-
 def peak_flops(device: torch.device, bf16: bool, channels_last: bool, plan: BenchPlan) -> dict[str, float]:
     """FLOP/s of a large square matmul and a large 'same' convolution, best of ``peak_reps``."""
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -476,7 +470,7 @@ class BenchContext:
 
 
 def _context(config: RunConfig, registry: Registry, max_batch: int) -> BenchContext:
-    from sslbench.runner import build_backbone, open_dataset
+    from sslbench.phases import build_backbone, open_dataset
 
     config.validate()
     device = resolve_device(config.downstream.device)
@@ -593,7 +587,7 @@ def run_bench(config: RunConfig, plan: BenchPlan, registry: Registry | None = No
 def _data_measures(ctx: BenchContext, plan: BenchPlan, train_speed: float | None) -> dict[str, Any]:
     config = ctx.config
     registry = ctx.registry
-    from sslbench.runner import open_dataset
+    from sslbench.phases import open_dataset
 
     # jigsaw puzzles from random images of LSP's size
     jigsaw = registry.create("pretext", JIGSAW_PRETEXT, "--pretext")

@@ -13,7 +13,7 @@ from sslbench.config import RunConfig, parse_assignment, profile_config, set_pat
 def bench_config(profile: str, backbone: str | None, batch_size: int | None, device: str | None,
                  assignments: tuple[str, ...]) -> RunConfig:  # fmt: skip
     """The profile's run config with the command's overrides (``--set`` last)."""
-    config = profile_config(profile)
+    config = profile_config(profile, backbone)  # the profile's options for that backbone
     if backbone:
         config = set_path(config, ["backbone"], backbone)
     if batch_size is not None:

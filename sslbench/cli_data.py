@@ -9,6 +9,7 @@ coordinates) is a one-line error with exit code 2, raised by the dataset plugin 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import shutil
 import tarfile
@@ -506,6 +507,8 @@ def preview_tiles(
 @click.option("--stride", type=click.IntRange(1, 64), default=8, show_default=True, help="Network output stride.")
 @click.option("--augment/--no-augment", default=True, show_default=True, help="Random rotation, scale and flip.")
 @click.option("--skip-bad", is_flag=True, help="Leave unreadable images out.")
+@click.option("--pseudo-labels", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A pseudo-label cell's pseudo-labels-round<r>.json: draw its confident joints on --data's images.")  # fmt: skip
 def preview_command(
     name: str,
     root: Path | None,
@@ -517,6 +520,7 @@ def preview_command(
     stride: int,
     augment: bool,
     skip_bad: bool,
+    pseudo_labels: Path | None,
 ) -> None:
     """Write a grid of samples as the network sees them, skeletons drawn (left blue, right red)."""
     if input_size % stride:
@@ -524,13 +528,19 @@ def preview_command(
     dataset, messages = open_dataset(name, root, skip_bad)
     for message in messages:
         err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True, highlight=False)
+    pool = list(range(len(dataset)))
+    if pseudo_labels is not None:
+        dataset, pool = pseudo_labelled(dataset, pseudo_labels)
+        task_name = "pose"
     task_name = task_name or ("pose" if dataset.labelled else "crop")
     geometry = Geometry(input_size=input_size, stride=stride)
-    chosen = np.random.default_rng(seed).choice(len(dataset), size=min(count, len(dataset)), replace=False)
-    indices = sorted(int(i) for i in chosen)
+    chosen = np.random.default_rng(seed).choice(len(pool), size=min(count, len(pool)), replace=False)
+    indices = sorted(pool[int(i)] for i in chosen)
     out = out or Path(f"{name}_preview.png")
 
     tiles, legend, worst = preview_tiles(dataset, task_name, indices, seed, geometry, augment)
+    if pseudo_labels is not None:
+        legend = f"pseudo-labels of {pseudo_labels.name}, joints with a peak of at least the threshold"
     grid = make_grid(tiles, f"{name}: {legend}")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -540,6 +550,32 @@ def preview_command(
     console.print(f"wrote {out} ({len(tiles)} samples, {task_name}, {input_size} px)", soft_wrap=True, highlight=False)
     if worst is not None:
         console.print(f"target peaks decode to within {worst:.2f} input px of the augmented joints", highlight=False)
+
+
+def pseudo_labelled(dataset: ImageDataset, path: Path) -> tuple[ImageDataset, list[int]]:
+    """*dataset* with the confident joints of a pseudo-label file (others unknown), and the images it labels."""
+    from sslbench.semi import JointsOverride
+
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        threshold = float(stored["threshold"])
+        joints = {}
+        for item in stored["images"]:
+            array = np.asarray(item["joints"], dtype=np.float32).reshape(NUM_JOINTS, 3)
+            if item["image"] != dataset.image_id(int(item["index"])):
+                raise ConfigError(f"--pseudo-labels {path}: image {item['index']} is {item['image']}, "
+                                  f"but --data {dataset.name} has {dataset.image_id(int(item['index']))} there")  # fmt: skip
+            confident = array[:, 2] >= threshold
+            if confident.any():
+                array[~confident, :2] = np.nan
+                joints[int(item["index"])] = array
+    except OSError as exc:
+        raise ConfigError(f"--pseudo-labels {path}: cannot read ({exc.strerror or exc})") from None
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ConfigError(f"--pseudo-labels {path}: not a pseudo-label file ({type(exc).__name__}: {exc})") from None
+    if not joints:
+        raise ConfigError(f"--pseudo-labels {path}: no image has a joint at or above the threshold {threshold}")
+    return JointsOverride(dataset, joints), sorted(joints)
 
 
 # ---------------------------------------------------------------------------- download

@@ -30,15 +30,17 @@ def build_config(
     pretext_options: dict[str, Any],
     settings: dict[str, Any],
     assignments: tuple[str, ...],
+    strategy_options: dict[str, Any] | None = None,
 ) -> RunConfig:
     """Profile defaults, then named options, then ``--set`` assignments (last wins)."""
-    config = profile_config(profile)
+    config = profile_config(profile, fields.get("backbone"))  # the profile's options for that backbone
     overrides: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
     if "policy" in overrides:
         overrides["policy"], frozen = parse_policy(overrides["policy"])
         overrides["freeze"] = overrides.get("freeze") or frozen
     overrides["backbone_options"] = backbone_options
     overrides["pretext_options"] = pretext_options
+    overrides["strategy_options"] = strategy_options or {}
     overrides["downstream"] = {k: v for k, v in settings.items() if v is not None}
     config = apply_overrides(config, overrides)
     for text in assignments:
@@ -52,6 +54,11 @@ def config_options(function):
     options = [
         click.option("--profile", default="cpu", show_default=True, help="paper | cpu | demo | smoke: starting settings."),
         click.option("--backbone", help="Backbone plugin name (default cpm6)."),
+        click.option("--strategy", help="Strategy plugin (supervised, transfer, pseudo-label, consistency, ...); "
+                     "default: supervised for --pretext none, else transfer."),
+        click.option("--strategy-opt", multiple=True, metavar="KEY=VALUE", help="Strategy option (repeatable)."),
+        click.option("--unlabelled-data", help="Unlabelled dataset of the pose phase (semi-supervised strategies)."),
+        click.option("--unlabelled-root", help="Folder of those unlabelled images."),
         click.option("--pretext", help="Pretext plugin name, or none for supervised training."),
         click.option("--policy", help="Transfer policy: all, first, first+middle or none; ':frozen' suffix freezes."),
         click.option("--freeze/--finetune", default=None, help="Freeze transferred layers (default fine-tune)."),
@@ -86,14 +93,19 @@ def config_from_options(options: dict[str, Any]) -> RunConfig:
             backbone_options[key] = options[key]
         options.pop(key, None)
     pretext_options = option_pairs(options.pop("pretext_opt"), "--pretext-opt")
+    strategy_options = option_pairs(options.pop("strategy_opt"), "--strategy-opt")
     settings = {"epochs": options.pop("epochs"), "batch_size": options.pop("batch_size"), "lr": options.pop("lr")}
     device = options.pop("device")
     assignments = options.pop("assignments")
     if device:
         assignments = (f"pretrain.device={device}", f"downstream.device={device}", *assignments)
     profile = options.pop("profile")
-    config = build_config(profile, options, backbone_options, pretext_options, settings, assignments)
+    config = build_config(profile, options, backbone_options, pretext_options, settings, assignments, strategy_options)
     config.validate()
+    from sslbench.registry import default_registry
+    from sslbench.strategies import strategy_of
+
+    strategy_of(config, default_registry())  # a strategy that does not fit the config fails before any work
     return config
 
 

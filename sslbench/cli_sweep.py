@@ -112,7 +112,7 @@ def print_plan(plan: Plan, results: Path, workdir: Path, console: Console, estim
     for number, cell in enumerate(plan.cells, start=1):
         c = cell.config
         row = [
-            str(number), cell.cell_id, c.strategy, c.backbone, "all" if c.train_size is None else str(c.train_size),
+            str(number), cell.cell_id, cell.row, c.backbone, "all" if c.train_size is None else str(c.train_size),
             str(c.seed), short.get(cell.pretrain_key or "", "-"),
             format_seconds(estimates.get(cell.cell_id)) if estimates is not None else "", statuses[cell.cell_id],
         ]  # fmt: skip

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sslbench.errors import ConfigError
+from sslbench.errors import ConfigError, SSLBenchError, did_you_mean
 
 
 @dataclass
@@ -62,7 +62,13 @@ class TrainSettings:
 #: RunConfig fields added after results were first recorded, with the value that reproduces
 #: the behaviour from before them. :meth:`RunConfig.identity` leaves them out at that value, so
 #: the cell ids of earlier records stay valid. A new field goes here, with that value.
-LATER_FIELDS: dict[str, Any] = {"transfer_lr": 1.0}
+LATER_FIELDS: dict[str, Any] = {
+    "transfer_lr": 1.0,
+    "strategy": None,
+    "strategy_options": {},
+    "unlabelled_data": None,
+    "unlabelled_root": None,
+}
 
 
 def at_later_default(name: str, value: Any) -> bool:
@@ -107,13 +113,45 @@ class RunConfig:
     #: pose loss per stage: "mean" squared error, or "sum" = the reference's per-image sum (x m*m*15)
     loss_scale: str = "mean"
     downstream: TrainSettings = field(default_factory=TrainSettings)
+    # how the cell uses unlabelled images (a strategy plugin) and its pose-phase pool
+    #: strategy plugin name; None: the one the pretext implies (see :attr:`strategy_name`)
+    strategy: str | None = None
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    #: unlabelled images used during pose training (semi-supervised strategies)
+    unlabelled_data: str | None = None
+    unlabelled_root: str | None = None
+
+    @property
+    def strategy_name(self) -> str:
+        """The strategy plugin that runs this cell. Before strategies were plugins the pretext
+        alone decided: ``none`` meant supervised training, any other pretext transfer."""
+        if self.strategy is not None:
+            return self.strategy
+        return "supervised" if self.pretext == "none" else "transfer"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """The config as :attr:`cell_id` hashes it: :data:`LATER_FIELDS` at their defaults are left out."""
-        return {name: value for name, value in self.to_dict().items() if not at_later_default(name, value)}
+        """The config as :attr:`cell_id` hashes it: :data:`LATER_FIELDS` at their defaults are left out,
+        and so are pretext options at the pretext's default (:func:`canonical_options`) and a strategy
+        spelled out that the pretext implies. The version a dataset declares (:func:`dataset_version`)
+        is added: the labelled data's, the pretext data's when a pretext trains, the unlabelled
+        pose-phase data's when there is some."""
+        data = self.to_dict()
+        if data["strategy"] == RunConfig(pretext=self.pretext).strategy_name:
+            data["strategy"] = None  # spelled out or implied, the same cell
+        data = {name: value for name, value in data.items() if not at_later_default(name, value)}
+        data["pretext_options"] = canonical_options("pretext", self.pretext, self.pretext_options)
+        for section in ("pretrain", "downstream"):
+            data[section] = _legacy_precision(data[section])
+        if (version := dataset_version(self.data)) is not None:
+            data["data_version"] = version
+        if self.pretext != "none" and (version := dataset_version(self.pretext_data)) is not None:
+            data["pretext_data_version"] = version
+        if self.unlabelled_data is not None and (version := dataset_version(self.unlabelled_data)) is not None:
+            data["unlabelled_data_version"] = version
+        return data
 
     @property
     def cell_id(self) -> str:
@@ -132,27 +170,23 @@ class RunConfig:
                 data[section] = _settings_from_dict(data[section], section)
         return cls(**data)
 
-    @property
-    def strategy(self) -> str:
-        """``pretext/policy[:frozen]``: the row label of result tables."""
-        if self.pretext == "none":
-            return "supervised"
-        return f"{self.pretext}/{self.policy}{':frozen' if self.freeze else ''}"
-
     def pretext_key(self) -> dict[str, Any]:
         """Everything that determines the pretrained weights (the pretext cache key)."""
-        return {
+        key = {
             "backbone": self.backbone,
             "backbone_options": self.backbone_options,
             "pretext": self.pretext,
-            "pretext_options": self.pretext_options,
+            "pretext_options": canonical_options("pretext", self.pretext, self.pretext_options),
             "pretext_data": self.pretext_data,
             "pretext_root": self.pretext_root,
             "pretext_data_options": self.pretext_data_options,
             "pretext_images": self.pretext_images,
-            "pretrain": dataclasses.asdict(self.pretrain),
+            "pretrain": _legacy_precision(dataclasses.asdict(self.pretrain)),
             "seed": self.pretraining_seed,
         }
+        if (version := dataset_version(self.pretext_data)) is not None:
+            key["pretext_data_version"] = version
+        return key
 
     @property
     def pretraining_seed(self) -> int:
@@ -163,16 +197,6 @@ class RunConfig:
         self.downstream.validate("downstream")
         if self.train_size is not None and self.train_size < 1:
             raise ConfigError(f"--train-size must be >= 1, got {self.train_size}")
-        if self.pretext == "none" and self.policy != "none":
-            raise ConfigError(
-                f"--policy {self.policy} needs pretrained weights, but --pretext is none "
-                "(use --policy none for supervised training from scratch)"
-            )
-        if self.pretext != "none" and self.policy == "none":
-            raise ConfigError(
-                f"--pretext {self.pretext} with --policy none would pretrain and then discard the weights; "
-                "choose a policy (all, first, first+middle) or --pretext none"
-            )
         if self.loss_scale not in ("mean", "sum"):
             raise ConfigError(f"loss_scale must be mean or sum, got {self.loss_scale!r}")
         if self.freeze and self.policy == "none":
@@ -186,12 +210,65 @@ class RunConfig:
             )
 
 
+def _legacy_precision(settings: dict[str, Any]) -> dict[str, Any]:
+    """*settings* (a phase, as a dict) with precision ``fp32`` spelled ``auto``, as cell ids hash it.
+
+    Before precision was resolved (:meth:`RunConfig.resolved`), every recorded cell said ``auto``
+    and ran on AVX2-only machines, where auto meant fp32: hashing fp32 as auto keeps their ids, and
+    new fp32 cells pair with them, while bf16 cells get ids of their own.
+    """
+    return {**settings, "precision": "auto"} if settings.get("precision") == "fp32" else settings
+
+
 def _settings_from_dict(data: dict[str, Any], section: str) -> TrainSettings:
     known = {f.name for f in dataclasses.fields(TrainSettings)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{section}: unknown keys {', '.join(unknown)}")
     return TrainSettings(**data)
+
+
+def _plugin(kind: str, name: str) -> Any:
+    """The installed plugin entry *kind* *name*, or None when there is none."""
+    from sslbench.registry import default_registry  # late: the registry loads every plugin
+
+    try:
+        return default_registry().get(kind, name)
+    except SSLBenchError:
+        return None
+
+
+def dataset_version(name: str) -> Any:
+    """The ``version`` dataset *name* declares (``RENDER_VERSION`` of ``synthetic``), or None.
+
+    Datasets read from files declare none (their ids and keys stay as they were); one that
+    generates its images declares one, so a change of its generator renames its cells and
+    pretext cache entries instead of mixing old and new images under one id.
+    """
+    entry = _plugin("dataset", name)
+    return entry.version if entry is not None else None
+
+
+_NO_DEFAULT = object()
+
+
+def canonical_options(kind: str, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """*options* of plugin *kind* *name* without those at the plugin's default (:meth:`Entry.defaults`).
+
+    Spelling out a default (``--pretext-opt augment=true``) is the same configuration, so it
+    hashes the same: ``{}`` stays ``{}`` and earlier ids stay valid. Options of a plugin that is
+    not installed are kept as given.
+    """
+    if not options:
+        return options
+    entry = _plugin(kind, name)
+    defaults = entry.defaults() if entry is not None else {}
+
+    def at_default(key: str, value: Any) -> bool:
+        default = defaults.get(key, _NO_DEFAULT)
+        return default is not _NO_DEFAULT and isinstance(value, bool) == isinstance(default, bool) and value == default
+
+    return {key: value for key, value in options.items() if not at_default(key, value)}
 
 
 def config_hash(data: Any, length: int = 12) -> str:
@@ -202,12 +279,19 @@ def config_hash(data: Any, length: int = 12) -> str:
 
 # ------------------------------------------------------------------------------ profiles
 
-#: profile name -> overrides of RunConfig defaults (nested dicts for sections)
+#: the CPM entries of ``plugins/cpm.py``: the backbones the profiles size with ``width`` and ``norm``
+CPM_BACKBONES = ("cpm", "cpm3", "cpm4", "cpm5", "cpm6")
+
+#: profile name -> overrides of RunConfig defaults (nested dicts for sections). ``backbone_options``
+#: apply to every backbone; ``per_backbone`` maps a backbone name to the options the profile gives
+#: that backbone only (merged over the common ones), so another backbone never receives options
+#: it does not know (a timm backbone has no ``norm``).
 PROFILES: dict[str, dict[str, Any]] = {
     # The report / CPM paper: 368 px, full width, 6 stages, SGD at lr 4e-6 on a summed
     # per-image loss, batch 12 (downstream) / 10 (pretext), early stop after 50 epochs.
     "paper": {
-        "backbone_options": {"input_size": 368, "width": 1.0},
+        "backbone_options": {"input_size": 368},
+        "per_backbone": {name: {"width": 1.0} for name in CPM_BACKBONES},
         "sigma": 3.0,
         "loss_scale": "sum",
         "pretrain": {
@@ -223,15 +307,18 @@ PROFILES: dict[str, dict[str, Any]] = {
     # it the thin, deep CPM's ReLUs die within 20 Adam steps on pretext losses and rotation stays
     # at chance). See README "Profiles" for the sizing and the measurements.
     "cpu": {
-        "backbone_options": {"input_size": 128, "width": 0.125, "norm": "batch"},
+        "backbone_options": {"input_size": 128},
+        "per_backbone": {name: {"width": 0.125, "norm": "batch"} for name in CPM_BACKBONES},
         "sigma": 1.0,
+        # fp32, not auto: it runs on every machine, while emulated bf16 is about 20x slower on
+        # AVX2-only CPUs; every committed cpu-profile cell ran fp32 (README "Profiles")
         "pretrain": {
             "epochs": 5, "batch_size": 16, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
-            "samples_per_epoch": 3000, "val_samples": 500, "num_workers": 1,
+            "samples_per_epoch": 3000, "val_samples": 500, "num_workers": 1, "precision": "fp32",
         },
         "downstream": {
             "epochs": 60, "batch_size": 16, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
-            "warmup_epochs": 1, "patience": 15, "num_workers": 1,
+            "warmup_epochs": 1, "patience": 15, "num_workers": 1, "precision": "fp32",
         },
     },
     # A demonstration on the synthetic people, sized so that benchmarks/demo.toml (3 seeds x
@@ -239,22 +326,24 @@ PROFILES: dict[str, dict[str, Any]] = {
     # 64 px, width x0.125 with BatchNorm, 100 labelled images. Its numbers show how the harness
     # compares strategies, not how they compare on real people (that is the cpu profile on LSP).
     "demo": {
-        "backbone_options": {"input_size": 64, "width": 0.125, "norm": "batch"},
+        "backbone_options": {"input_size": 64},
+        "per_backbone": {name: {"width": 0.125, "norm": "batch"} for name in CPM_BACKBONES},
         "sigma": 1.0,
         "train_size": 100,
         "data_options": {"size": 600},
         "pretrain": {
             "epochs": 3, "batch_size": 16, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
-            "samples_per_epoch": 800, "val_samples": 100, "num_workers": 0,
+            "samples_per_epoch": 800, "val_samples": 100, "num_workers": 0, "precision": "fp32",
         },
         "downstream": {  # validation PCK levels off after about 8 epochs here
             "epochs": 10, "batch_size": 16, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
-            "warmup_epochs": 1, "patience": 0, "num_workers": 0,
+            "warmup_epochs": 1, "patience": 0, "num_workers": 0, "precision": "fp32",
         },
     },
     # Seconds: for tests and trying the command line.
     "smoke": {
-        "backbone_options": {"input_size": 64, "width": 0.125},
+        "backbone_options": {"input_size": 64},
+        "per_backbone": {name: {"width": 0.125} for name in CPM_BACKBONES},
         "sigma": 1.0,
         "pretext_images": 32,
         "pretrain": {"epochs": 1, "batch_size": 8, "num_workers": 0, "val_samples": 8},
@@ -264,15 +353,16 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def profile_config(profile: str) -> RunConfig:
+def profile_config(profile: str, backbone: str | None = None) -> RunConfig:
+    """The run config of *profile*, with the backbone options it gives *backbone* (default: its own, cpm6)."""
     if profile not in PROFILES:
-        import difflib
-
-        close = difflib.get_close_matches(profile, list(PROFILES), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(profile, PROFILES, cutoff=0.6)
         raise ConfigError(f"--profile: unknown profile {profile!r}.{hint} Available: {', '.join(PROFILES)}")
-    config = RunConfig(profile=profile)
-    return apply_overrides(config, PROFILES[profile])
+    overrides = dict(PROFILES[profile])
+    per_backbone = overrides.pop("per_backbone", {})
+    config = apply_overrides(RunConfig(profile=profile), overrides)
+    name = backbone or config.backbone
+    return apply_overrides(config, {"backbone": name, "backbone_options": per_backbone.get(name, {})})
 
 
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
@@ -320,13 +410,6 @@ _TYPE_NAMES: dict[str, tuple[type, ...]] = {
 }  # fmt: skip
 
 
-def _close(name: str, known: Any) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 def check_setting(path: list[str] | tuple[str, ...], value: Any, where: str) -> None:
     """Raise :class:`ConfigError` (prefixed by *where*) when *path* is no setting or *value* has the wrong type.
 
@@ -343,7 +426,7 @@ def check_setting(path: list[str] | tuple[str, ...], value: Any, where: str) -> 
     if dotted not in types:
         if options:
             return
-        raise ConfigError(f"{where}: no such setting {dotted!r}.{_close(dotted, types)}")
+        raise ConfigError(f"{where}: no such setting {dotted!r}.{did_you_mean(dotted, types)}")
     allowed = [_TYPE_NAMES.get(part.strip()) for part in types[dotted].split("|")]
     if not all(allowed):
         return

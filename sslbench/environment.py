@@ -42,7 +42,10 @@ def commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
-def describe(device: torch.device | str | None = None) -> dict[str, Any]:
+def describe(device: torch.device | str | None = None, precision: str | None = None) -> dict[str, Any]:
+    """The machine; *precision* (``bf16``/``fp32``, what a run's downstream phase trained at) is added when given."""
+    from sslbench.train import cpu_has_native_bf16  # late: train imports much of sslbench
+
     device = torch.device(device) if device is not None else torch.device("cpu")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
@@ -57,4 +60,7 @@ def describe(device: torch.device | str | None = None) -> dict[str, Any]:
         #: processes that trained together (torchrun); the effective batch is world_size x batch_size
         "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
         "commit": commit(),
+        #: whether the CPU computes bf16 natively (AVX512-BF16 / AMX): what precision auto resolves to on a CPU
+        "cpu_bf16": cpu_has_native_bf16(),
+        **({"precision": precision} if precision is not None else {}),
     }

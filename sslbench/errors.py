@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 
 class SSLBenchError(Exception):
     """Bad input or an impossible request: the message names the file or option and what is wrong.
@@ -23,3 +26,9 @@ class CheckpointError(SSLBenchError):
 
 class ConfigError(SSLBenchError):
     """An option, profile or spec value is impossible."""
+
+
+def did_you_mean(name: str, known: Iterable[str], n: int = 1, cutoff: float = 0.5) -> str:
+    """``" Did you mean 'x'?"``: the up to *n* closest of *known* to *name*, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(name), list(known), n=n, cutoff=cutoff)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""

@@ -1,4 +1,4 @@
-"""The whole extension surface of sslbench: four hooks, one per kind of plugin.
+"""The whole extension surface of sslbench: five hooks, one per kind of plugin.
 
 A plugin is any module or object that implements one or more of these hooks and
 is registered under the ``sslbench`` entry-point group, for example in its
@@ -52,4 +52,12 @@ def sslbench_datasets():
     """Return entries whose factory builds a :class:`sslbench.interfaces.ImageDataset`.
 
     The factory is called as ``factory(root=Path | None, skip_bad=bool, **options)``.
+    """
+
+
+@hookspec
+def sslbench_strategies():
+    """Return entries whose factory builds a :class:`sslbench.interfaces.Strategy`.
+
+    The factory is called as ``factory()``; a strategy reads its options from the run config.
     """

@@ -1,4 +1,4 @@
-"""The four things plugins provide, and the task contract shared by pose and pretext training.
+"""The five things plugins provide, and the task contract shared by pose and pretext training.
 
 Data flows like this::
 
@@ -6,7 +6,9 @@ Data flows like this::
         --> Backbone(image, centermap) -> list of stage maps --> Task.loss / Task.new_metric
 
 Pose estimation (:mod:`sslbench.pose`) and every pretext are :class:`Task` objects, so
-one training loop (:func:`sslbench.train.fit`) trains both.
+one training loop (:func:`sslbench.train.fit`) trains both. A :class:`Strategy` decides how
+a cell's pose network starts and what its pose phase trains on
+(:mod:`sslbench.strategies` gives it the cell's data and the shared steps).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class ImageDataset(ABC):
     name: ClassVar[str]
     #: split protocols this dataset understands, first is the default
     protocols: ClassVar[tuple[str, ...]] = ("standard",)
+    #: bumped when the images or labels this dataset yields change (e.g. a generator's renderer);
+    #: when set, cell ids and pretext cache keys include it. None: files on disk, named by root.
+    version: ClassVar[int | str | None] = None
 
     def __init__(self, root: Path | None) -> None:
         self.root = root
@@ -244,6 +249,14 @@ class Task(ABC):
         geometry: Geometry,
     ) -> dict[str, Any]: ...
 
+    def forward(self, net: nn.Module, batch: dict[str, Any]) -> list[torch.Tensor]:
+        """The outputs :meth:`loss` is computed from (run under autocast by the training step).
+
+        Plain tasks run the network once on the batch's ``image``; a task whose samples hold
+        more (an unlabelled view to predict, say) may run it more often.
+        """
+        return net(batch["image"], batch.get("centermap"))
+
     @abstractmethod
     def loss(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> torch.Tensor: ...
 
@@ -260,3 +273,58 @@ class Pretext(Task):
 
     #: ``False`` only for ``none``: no pretraining at all (the supervised baseline)
     trains: ClassVar[bool] = True
+
+
+# ----------------------------------------------------------------------------- strategies
+
+
+class Strategy(ABC):
+    """How one benchmark cell uses unlabelled images: how its pose network starts, and what the
+    pose phase trains on.
+
+    The runner (:func:`sslbench.runner.run_cell`) opens the labelled data, then calls
+    :meth:`initialise` and :meth:`train` with a :class:`sslbench.strategies.Cell`, then evaluates
+    the returned network on the test split once. :class:`sslbench.strategies.Cell` holds the
+    steps strategies share (random initialisation, pretraining + transfer, the labelled train
+    and validation sets, the one training loop), so a strategy is only what it does differently.
+    """
+
+    name: ClassVar[str]
+    #: whether the cell's pretext fields (``pretext``, ``policy``, ``pretrain``, ...) take part:
+    #: when False a sweep gives them the profile's values and reports pair on none of them
+    uses_pretraining: ClassVar[bool] = True
+    #: whether the cell's unlabelled pose-phase pool (``unlabelled_data``, ``unlabelled_root``) takes part
+    uses_unlabelled: ClassVar[bool] = False
+
+    def validate(self, config: Any, registry: Any) -> None:
+        """Raise :class:`sslbench.errors.ConfigError` when *config* (a RunConfig) makes no sense for
+        this strategy; *registry* resolves the plugins it names."""
+
+    def options(self, config: Any) -> dict[str, Any]:
+        """The strategy's options from ``config.strategy_options``, checked, with defaults filled in."""
+        if config.strategy_options:
+            from sslbench.errors import ConfigError
+
+            raise ConfigError(
+                f"strategy {self.name} takes no options, got {', '.join(sorted(config.strategy_options))}"
+            )
+        return {}
+
+    def cost(self, config: Any) -> float:
+        """Time of the pose phase as a multiple of training on the labelled budget alone (for
+        sweep time estimates)."""
+        return 1.0
+
+    @abstractmethod
+    def label(self, config: Any) -> str:
+        """The row label of result tables, e.g. ``supervised`` or ``rotation/first+middle:frozen``."""
+
+    def initialise(self, cell: Any) -> Backbone:
+        """The pose network before pose training: by default a random initialisation, or the
+        pretext pretraining transferred by the policy when the config names one."""
+        return cell.initial_network()
+
+    def train(self, cell: Any, model: Backbone) -> Any:
+        """Train *model* for pose in place; return the :class:`sslbench.train.FitResult` whose best
+        validation epoch is loaded. By default: the labelled budget only."""
+        return cell.fit_labelled(model)

@@ -8,9 +8,9 @@ is reported as a warning and skipped; everything else keeps working.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib.metadata
+import inspect
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 import pluggy
 
 from sslbench import hookspecs
-from sslbench.errors import ConfigError
+from sslbench.errors import ConfigError, did_you_mean
 
 #: kind name -> hook name
 KINDS: dict[str, str] = {
@@ -26,6 +26,7 @@ KINDS: dict[str, str] = {
     "pretext": "sslbench_pretexts",
     "policy": "sslbench_policies",
     "dataset": "sslbench_datasets",
+    "strategy": "sslbench_strategies",
 }
 
 
@@ -35,7 +36,7 @@ class PluginLoadWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Entry:
-    """One named thing a plugin provides (a backbone, pretext, policy or dataset)."""
+    """One named thing a plugin provides (a backbone, pretext, policy, dataset or strategy)."""
 
     name: str
     description: str
@@ -45,6 +46,32 @@ class Entry:
 
     def create(self, **options: Any) -> Any:
         return self.factory(**options)
+
+    def defaults(self) -> dict[str, Any]:
+        """The options the factory takes that have a default, with it: a ``defaults`` attribute of the
+        factory when it has one (a dict, or a function returning one), else the factory's signature
+        (a class's ``__init__``; wrappers made with :func:`functools.wraps` are looked through)."""
+        declared = getattr(self.factory, "defaults", None)
+        if declared is not None:
+            return dict(declared() if callable(declared) else declared)
+        try:
+            parameters = inspect.signature(self.factory).parameters.values()
+        except (TypeError, ValueError):  # a builtin or other callable without a signature
+            return {}
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return {p.name: p.default for p in parameters if p.kind in kinds and p.default is not inspect.Parameter.empty}
+
+    @property
+    def version(self) -> Any:
+        """The ``version`` the factory (a class, or a :func:`functools.partial` of one) declares, or None.
+
+        A dataset declares one when the images it yields change between releases (a renderer);
+        cell ids and pretext cache keys then include it.
+        """
+        target = self.factory
+        while isinstance(target, functools.partial):
+            target = target.func
+        return getattr(target, "version", None)
 
 
 class Registry:
@@ -117,8 +144,7 @@ class Registry:
         if name in found:
             return found[name]
         label = option or f"{kind} name"
-        close = difflib.get_close_matches(name, list(found), n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, found)
         available = ", ".join(sorted(found)) or "none"
         raise ConfigError(f"{label}: unknown {kind} {name!r}.{hint} Available: {available}")
 

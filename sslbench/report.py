@@ -12,7 +12,6 @@ matched on them too (pretraining settings excepted: supervised cells have none).
 
 from __future__ import annotations
 
-import difflib
 import functools
 import html
 import io
@@ -30,8 +29,9 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from sslbench.config import at_later_default, profile_config
+from sslbench.config import at_later_default, canonical_options, profile_config
 from sslbench.errors import ConfigError
+from sslbench.errors import did_you_mean as _hint
 from sslbench.joints import PARTS
 
 BASELINE = "supervised"
@@ -41,14 +41,14 @@ FORMATS = ("terminal", "markdown", "csv", "latex", "html")
 #: config columns that never distinguish strategies (the axes, machine paths, parallelism)
 _NOT_DISTINGUISHING = {
     "config.seed", "config.train_size", "config.pretext", "config.policy", "config.freeze",
-    "config.root", "config.pretext_root",
+    "config.root", "config.pretext_root", "config.strategy", "config.unlabelled_root",
 }  # fmt: skip
 #: what a row is run on: always named in a label when it varies, even at the profile's value
 _ALWAYS_NAMED = {"config.profile", "config.backbone", "config.data", "config.protocol", "config.pretext_data"}
-#: settings that supervised cells do not have (pretraining and transfer)
+#: settings that supervised cells do not have (pretraining, transfer, a strategy's options and pool)
 _NOT_SUPERVISED = (
     "config.pretext_options.", "config.pretrain.", "config.pretext_data", "config.pretext_images",
-    "config.pretrain_seed", "config.transfer_lr",
+    "config.pretrain_seed", "config.transfer_lr", "config.strategy_options.", "config.unlabelled_data",
 )  # fmt: skip
 
 
@@ -148,10 +148,10 @@ def _distinguishing(df: pd.DataFrame) -> list[str]:
 
 
 @functools.cache
-def _profile_defaults(profile: str) -> dict[str, Any]:
-    """The flattened settings of *profile* (``pretrain.epochs`` -> 5); empty for an unknown profile."""
+def _profile_defaults(profile: str, backbone: str | None = None) -> dict[str, Any]:
+    """The flattened settings of *profile* for *backbone* (``pretrain.epochs`` -> 5); empty for an unknown profile."""
     try:
-        return pd.json_normalize(profile_config(profile).to_dict(), sep=".").iloc[0].to_dict()
+        return pd.json_normalize(profile_config(profile, backbone).to_dict(), sep=".").iloc[0].to_dict()
     except ConfigError:  # a record from a profile this version no longer has
         return {}
 
@@ -162,7 +162,15 @@ def _at_default(row: pd.Series, column: str) -> bool:
     if column in _ALWAYS_NAMED:
         return False
     name = column.removeprefix("config.")
-    defaults = _profile_defaults(str(row.get("config.profile")))
+    backbone = row.get("config.backbone")
+    defaults = _profile_defaults(str(row.get("config.profile")), backbone if isinstance(backbone, str) else None)
+    if name.startswith("backbone_options.") and name not in defaults and _hashable(row[column]) is None:
+        return True  # an option the profile gives other backbones only (a CPM's norm on a timm row)
+    if name.startswith("pretext_options.") and _hashable(row[column]) is not None:
+        option, value = name.removeprefix("pretext_options."), row[column]  # spelled out at the pretext's default?
+        value = value.item() if isinstance(value, np.generic) else value
+        if not canonical_options("pretext", str(row.get("config.pretext")), {option: value}):
+            return True
     return at_later_default(name, row[column]) or (
         name in defaults and _hashable(defaults[name]) == _hashable(row[column])
     )
@@ -236,11 +244,6 @@ def build_report(df: pd.DataFrame, metric: str = "pck@0.2") -> Report:
         rows.append(entry)
     summary = pd.DataFrame(rows)
     return Report(df=done, metric=metric, summary=summary, row_keys=keys, failed=failed)
-
-
-def _hint(name: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 # ---------------------------------------------------------------------------------- views
@@ -380,7 +383,11 @@ def compute_hours(df: pd.DataFrame) -> dict[str, float] | None:
     phases = {"pretrain": "timing.pretrain_s", "downstream": "timing.downstream_s", "eval": "timing.eval_s"}
     if not all(column in df.columns for column in phases.values()):
         return None
+    # a strategy's own phases (a teacher, pseudo-labelling, ...): the other seconds of its timing
+    known = {*phases.values(), "timing.total_s", "timing.teacher_train_s"}
+    own = [c for c in df.columns if c.startswith("timing.") and c.endswith("_s") and not c.endswith("_per_s") and c not in known]
     hours = {name: float(pd.to_numeric(df[column], errors="coerce").fillna(0).sum()) / 3600 for name, column in phases.items()}
+    hours["strategy"] = sum(float(pd.to_numeric(df[c], errors="coerce").fillna(0).sum()) for c in own) / 3600
     return {**hours, "total": sum(hours.values())}
 
 
@@ -392,12 +399,36 @@ def _header(report: Report, sources: Sequence[str]) -> list[str]:
     if compute:
         lines.append(
             f"Compute: {compute['total']:.1f} h of run time ({compute['pretrain']:.1f} h pretext pretraining, "
-            f"{compute['downstream']:.1f} h downstream training, {compute['eval']:.1f} h evaluation); "
-            "a cached pretraining counts once."
+            f"{compute['downstream']:.1f} h downstream training, "
+            + (f"{compute['strategy']:.1f} h strategies' own phases (teachers, pseudo-labelling), " if compute["strategy"] else "")
+            + f"{compute['eval']:.1f} h evaluation); a cached pretraining"
+            + (" or a shared teacher" if compute["strategy"] else "") + " counts once."
         )
+    precision = _precision_line(report.df)
+    if precision:
+        lines.append(precision)
     if report.row_keys:
         lines.append("Settings that differ between cells (in row labels): " + ", ".join(k.removeprefix("config.") for k in report.row_keys) + ".")
     return lines
+
+
+def _precision_line(df: pd.DataFrame) -> str | None:
+    """Which precisions the cells trained at (records from before precision was recorded load as fp32).
+
+    Cells at different precisions never share a row: the precision is a setting like any other,
+    named in the labels of rows that ran off their profile's.
+    """
+    if "config.downstream.precision" not in df.columns or df.empty:
+        return None
+    pose = df["config.downstream.precision"].astype(str)
+    pretext = df["config.pretrain.precision"].astype(str) if "config.pretrain.precision" in df.columns else pose
+    trains = df["pretext"] != "none" if "pretext" in df.columns else pd.Series(False, index=df.index)
+    ran = pd.Series([d if not t or p == d else f"{p} pretext + {d} pose" for d, p, t in zip(pose, pretext, trains)])
+    counts = ran.value_counts()
+    if len(counts) == 1:
+        return f"Precision: {counts.index[0]} in every cell."
+    listed = ", ".join(f"{name} in {n} cell(s)" for name, n in sorted(counts.items()))
+    return f"Precision: {listed}; rows that ran at another precision than their profile's say so in their label."
 
 
 def render(report: Report, fmt: str, sources: Sequence[str] = ()) -> str:

@@ -34,7 +34,8 @@ column                          meaning
 ``profile``                     profile the config was built from (``paper``, ``cpu``, ``smoke``)
 ``data`` / ``protocol``         labelled dataset and its split protocol
 ``pretext_data``                unlabelled dataset of the pretext phase
-``train_size``                  number of labelled training images actually used
+``train_size``                  the labelled budget: training images drawn for the cell (the whole pool
+                                when ``config.train_size`` is empty), in done and failed records alike
 ``seed``                        run seed (training budget subset, initialisation, augmentation)
 ``pck@0.2`` ``pck@0.1``         test PCK at 0.2 / 0.1 x torso size, all 14 joints
 ``auc@0.2``                     area under the PCK curve for thresholds 0..0.2
@@ -59,7 +60,12 @@ column                          meaning
                                 (also when reused from the cache; empty for supervised cells)
 ``env.*``                       where it ran: ``env.sslbench``, ``env.torch``, ``env.python``,
                                 ``env.platform``, ``env.device``, ``env.cpu``, ``env.threads``,
-                                ``env.gpu``, ``env.commit`` (``+dirty`` marks local changes)
+                                ``env.gpu``, ``env.commit`` (``+dirty`` marks local changes),
+                                ``env.precision`` (``bf16`` or ``fp32``: what the downstream phase
+                                trained at; the pretext phase's is ``config.pretrain.precision``),
+                                ``env.cpu_bf16`` (whether the CPU has native bf16). Records from before
+                                precision was recorded say ``auto`` in their config: that ran fp32, and
+                                loads as fp32
 ``files.*``                     ``files.run_dir``, ``files.metrics_jsonl`` (per-epoch curves, JSON lines),
                                 ``files.curves`` (a copy of them inside the results directory),
                                 ``files.best_checkpoint``; failed cells: ``files.log`` (the traceback)
@@ -242,6 +248,7 @@ def records_dataframe(records: list[dict[str, Any]], sources: list[str] | None =
     for name, default in LATER_FIELDS.items():  # records from before a field ran with its old behaviour
         column = f"config.{name}"
         df[column] = df[column].fillna(default) if column in df.columns else default
+    _legacy_precision(df)
     # derived identification columns, from the config when the record lacks them
     for column in ("pretext", "policy", "freeze", "backbone", "profile", "data", "protocol", "pretext_data"):
         if f"config.{column}" in df.columns:
@@ -260,6 +267,21 @@ def records_dataframe(records: list[dict[str, Any]], sources: list[str] | None =
     for column in ("train_size", "seed"):
         df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
     return df[_column_order(df.columns)].sort_values(["strategy", "train_size", "seed", "cell_id"], na_position="last", kind="stable").reset_index(drop=True)
+
+
+def _legacy_precision(df: pd.DataFrame) -> None:
+    """Precision ``auto`` of records that do not say what ran (``env.precision``) means fp32.
+
+    Before runs resolved ``auto`` (:meth:`sslbench.config.RunConfig.resolved`), every recorded
+    cell ran on AVX2-only machines, where auto meant fp32. ``env.precision`` is filled in too.
+    """
+    recorded = df["env.precision"].notna() if "env.precision" in df.columns else pd.Series(False, index=df.index)
+    for column in ("config.pretrain.precision", "config.downstream.precision"):
+        if column in df.columns:
+            df.loc[~recorded & (df[column] == "auto"), column] = "fp32"
+    if "config.downstream.precision" in df.columns:
+        ran = df["config.downstream.precision"]
+        df["env.precision"] = df["env.precision"].where(recorded, ran) if "env.precision" in df.columns else ran
 
 
 def _column_order(columns: Iterable[str]) -> list[str]:

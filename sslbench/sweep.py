@@ -26,7 +26,7 @@ epoch. Each cell is claimed with an OS file lock while it runs, so several sweep
 from __future__ import annotations
 
 import collections
-import difflib
+import dataclasses
 import itertools
 import json
 import multiprocessing
@@ -46,11 +46,14 @@ from typing import Any, Callable, Iterable, Sequence
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
+from sslbench import strategies
 from sslbench.config import RunConfig, TrainSettings, check_setting, config_hash, profile_config, set_path, setting_types
 from sslbench.errors import ConfigError, SSLBenchError
+from sslbench.errors import did_you_mean as _hint
 from sslbench.joints import NUM_JOINTS
 from sslbench.registry import Registry
 from sslbench.results import SCHEMA, ResultsStore, Warn, iter_records
+from sslbench.transfer import parse_policy
 
 #: a runner trains one cell and returns its result record (see :func:`sslbench.runner.run_cell`)
 Runner = Callable[..., dict]
@@ -73,7 +76,11 @@ SPEC_KEYS: dict[str, str] = {
     "protocol": "split protocol of the labelled dataset",
     "pretext_data": "unlabelled dataset plugin",
     "pretext_root": "folder of the unlabelled images",
-    "strategies": "optional list of strategies to keep (e.g. supervised, rotation/first+middle:frozen)",
+    "strategies": "strategy plugin names (supervised, transfer, pseudo-label, ...); default: the pretext decides",
+    "rows": "optional list of row labels to keep (e.g. supervised, rotation/first+middle:frozen)",
+    "unlabelled_data": "unlabelled dataset plugin of semi-supervised strategies' pose phase",
+    "unlabelled_root": "folder of those unlabelled images",
+    "strategy_options": "tables of options per strategy name",
     "set": "table of settings applied to every cell (downstream.epochs = 3)",
     "backbone_options": "tables of options per backbone name",
     "pretext_options": "tables of options per pretext name",
@@ -82,9 +89,6 @@ SPEC_KEYS: dict[str, str] = {
 #: evaluation (forward, decoding, PCK) runs about this many times faster than training, per image
 #: (measured about 1.8x for cpm6 on a CPU; the backward pass alone would suggest 3x)
 EVAL_SPEEDUP = 2.0
-
-POLICY_MODES: dict[str, bool] = {"frozen": True, "finetune": False, "finetuned": False, "fine-tuned": False}
-
 
 # ----------------------------------------------------------------------------------- spec
 
@@ -115,8 +119,13 @@ class SweepSpec:
     protocol: str | None = None
     pretext_data: str | None = None
     pretext_root: str | None = None
-    #: when given, only cells whose strategy label is listed (a subset of the product)
+    #: strategy plugins; None: the pretext decides (supervised for none, transfer otherwise)
     strategies: list[str] | None = None
+    #: when given, only cells whose row label is listed (a subset of the product)
+    rows: list[str] | None = None
+    unlabelled_data: str | None = None
+    unlabelled_root: str | None = None
+    strategy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     overrides: list[Override] = field(default_factory=list)
     backbone_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     pretext_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -177,11 +186,6 @@ def find_line(text: str, path: list[str], value: Any = None) -> int | None:
     return found
 
 
-def _hint(name: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 def _names(spec: SweepSpec, key: str, value: Any) -> list[str]:
     values = [value] if isinstance(value, str) else value
     if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
@@ -232,12 +236,13 @@ def load_spec(path: Path | str) -> SweepSpec:
             raise ConfigError(
                 f"{spec.where(key)}: unknown key {key!r}.{_hint(key, SPEC_KEYS)} Known keys: {', '.join(SPEC_KEYS)}"
             )
-    for key in ("name", "description", "profile", "data", "root", "protocol", "pretext_data", "pretext_root"):
+    for key in ("name", "description", "profile", "data", "root", "protocol", "pretext_data", "pretext_root",
+                "unlabelled_data", "unlabelled_root"):  # fmt: skip
         if key in data:
             if not isinstance(data[key], str):
                 raise ConfigError(f"{spec.where(key)}: expected a string, got {data[key]!r}")
             setattr(spec, key, data[key])
-    for key in ("backbones", "pretexts", "policies", "strategies"):
+    for key in ("backbones", "pretexts", "policies", "strategies", "rows"):
         if key in data:
             setattr(spec, key, _names(spec, key, data[key]))
     if "train_sizes" in data:
@@ -249,7 +254,7 @@ def load_spec(path: Path | str) -> SweepSpec:
         raise ConfigError(f"{spec.where('set')}: expected a table of settings, e.g. [set] downstream.epochs = 3")
     for keys, value in _flatten(settings):
         spec.overrides.append(Override(keys, value, spec.where("set", *keys)))
-    for key in ("backbone_options", "pretext_options"):
+    for key in ("backbone_options", "pretext_options", "strategy_options"):
         tables = data.get(key, {})
         if not isinstance(tables, dict) or not all(isinstance(v, dict) for v in tables.values()):
             raise ConfigError(f"{spec.where(key)}: expected tables per plugin name, e.g. [{key}.NAME]")
@@ -266,23 +271,25 @@ class Cell:
 
     cell_id: str
     config: RunConfig
+    #: the row label of its strategy (:func:`sslbench.strategies.label`)
+    row: str
+    #: whether it needs a pretext pretraining
+    pretrains: bool = False
 
     @classmethod
-    def of(cls, config: RunConfig) -> "Cell":
-        return cls(config.cell_id, config)
+    def of(cls, config: RunConfig, registry: Registry) -> "Cell":
+        return cls(config.cell_id, config, strategies.label(config, registry), strategies.pretrains(config, registry))
 
     @property
     def pretrain_key(self) -> str | None:
-        """Hash of the pretext pretraining this cell needs (None for supervised cells)."""
-        if self.config.pretext == "none":
-            return None
-        return config_hash(self.config.pretext_key())
+        """Hash of the pretext pretraining this cell needs (None when it needs none)."""
+        return config_hash(self.config.pretext_key()) if self.pretrains else None
 
     @property
     def label(self) -> str:
         c = self.config
         size = "all" if c.train_size is None else c.train_size
-        return f"{c.strategy} · {c.backbone} · n={size} · seed {c.seed}"
+        return f"{self.row} · {c.backbone} · n={size} · seed {c.seed}"
 
 
 @dataclass
@@ -305,24 +312,11 @@ class Plan:
 
 
 def split_policy(text: str, where: str = "--policies") -> tuple[str, bool]:
-    """``"first+middle:frozen"`` -> ``("first+middle", True)``; a bare policy is fine-tuned."""
-    name, _, mode = text.partition(":")
-    if not mode:
-        return name, False
-    if mode not in POLICY_MODES:
-        raise ConfigError(f"{where}: unknown mode {mode!r} in {text!r}.{_hint(mode, POLICY_MODES)} Use :frozen or leave it off")
-    return name, POLICY_MODES[mode]
-
-
-def prune_reason(pretext: str, policy: str, freeze: bool) -> str | None:
-    """Why a pretext x policy pair makes no sense, or None when it does."""
-    if pretext == "none" and policy != "none":
-        return "a transfer policy needs pretrained weights, and pretext none trains none"
-    if pretext != "none" and policy == "none":
-        return "policy none would pretrain and then discard the weights"
-    if freeze and policy == "none":
-        return "nothing to freeze without a transfer policy"
-    return None
+    """``"first+middle:frozen"`` -> ``("first+middle", True)``, the spellings of ``run --policy``."""
+    try:
+        return parse_policy(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {str(exc).removeprefix('--policy ')}") from None
 
 
 def _setting_types() -> dict[str, str]:
@@ -356,25 +350,46 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
     policies = [(text, *split_policy(text, spec.where("policies", value=text))) for text in spec.policies]
     train_sizes = spec.train_sizes or [base.train_size]
     seeds = spec.seeds or [base.seed]
+    # the options the profile gives each backbone (a CPM's width and norm are not a timm backbone's), then [set]
+    backbone_options = {}
+    for name in backbones:
+        config = profile_config(spec.profile, name)
+        for override in spec.overrides:
+            config = _apply_override(config, override, types)
+        backbone_options[name] = config.backbone_options
     data = spec.data or base.data
     pretext_data = spec.pretext_data or base.pretext_data
 
     for name in backbones:
         registry.get("backbone", name, spec.where("backbones", value=name))
+    strategy_names: list[str | None] = list(spec.strategies) if spec.strategies else [None]
+    for name in spec.strategies or []:
+        try:
+            registry.get("strategy", name, spec.where("strategies", value=name))
+        except ConfigError as exc:
+            if "/" in name or name in registry.names("pretext"):  # a row label, as specs wrote before
+                raise ConfigError(
+                    f"{spec.where('strategies', value=name)}: {name!r} is a row label, and `strategies` names "
+                    f"strategy plugins ({', '.join(registry.names('strategy'))}); to keep only some rows of the "
+                    "product write `rows = [...]`"
+                ) from None
+            raise exc
     for name in spec.pretexts:
-        if name != "none":
-            registry.get("pretext", name, spec.where("pretexts", value=name))
+        registry.get("pretext", name, spec.where("pretexts", value=name))
     for _, name, _ in policies:
-        if name != "none":
-            registry.get("policy", name, spec.where("policies", value=name))
+        registry.get("policy", name, spec.where("policies", value=name))
     registry.get("dataset", data, spec.where("data"))
-    if any(p != "none" for p in spec.pretexts):
-        registry.get("dataset", pretext_data, spec.where("pretext_data"))
-    for kind, tables in (("backbone", spec.backbone_options), ("pretext", spec.pretext_options)):
+    if spec.unlabelled_data:
+        registry.get("dataset", spec.unlabelled_data, spec.where("unlabelled_data"))
+    for kind, tables in (("backbone", spec.backbone_options), ("pretext", spec.pretext_options),
+                         ("strategy", spec.strategy_options)):  # fmt: skip
         for name in tables:
             registry.get(kind, name, spec.where(f"{kind}_options", name))
+    trains = {name: registry.get("pretext", name).factory().trains for name in spec.pretexts}
+    if any(trains.values()):
+        registry.get("dataset", pretext_data, spec.where("pretext_data"))
     for name in spec.pretexts:  # options are checked by building the task: cheap, and fails in a second
-        if name != "none":
+        if trains[name]:
             options = {**base.pretext_options, **spec.pretext_options.get(name, {})}
             where = spec.where("pretext_options", name) if name in spec.pretext_options else spec.where("pretexts", value=name)
             try:
@@ -384,46 +399,60 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
             except SSLBenchError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
 
+    from sslbench.train import resolve_precision  # late: torch
+
     pruned: dict[str, str] = {}
     cells: dict[str, Cell] = {}
-    for backbone, pretext, (text, policy, freeze), size, seed in itertools.product(
-        backbones, spec.pretexts, policies, train_sizes, seeds
+    profile_fields = profile.to_dict()
+    for backbone, strategy_name, pretext, (text, policy, freeze), size, seed in itertools.product(
+        backbones, strategy_names, spec.pretexts, policies, train_sizes, seeds
     ):
-        reason = prune_reason(pretext, policy, freeze)
-        if reason:
-            pruned.setdefault(f"pretext {pretext} x policy {text}", reason)
-            continue
-        strategy = RunConfig(pretext=pretext, policy=policy, freeze=freeze).strategy
-        if spec.strategies is not None and strategy not in spec.strategies:
-            pruned.setdefault(f"pretext {pretext} x policy {text}", "not in the spec's strategies")
-            continue
+        combination = f"pretext {pretext} x policy {text}" + (f" x strategy {strategy_name}" if spec.strategies else "")
         fields = base.to_dict()
         fields.update(backbone=backbone, pretext=pretext, policy=policy, freeze=freeze, train_size=size, seed=seed)
-        fields.update(data=data, pretext_data=pretext_data)
-        for key in ("root", "protocol", "pretext_root"):
+        fields.update(data=data, pretext_data=pretext_data, strategy=strategy_name)
+        for key in ("root", "protocol", "pretext_root", "unlabelled_data", "unlabelled_root"):
             if getattr(spec, key) is not None:
                 fields[key] = getattr(spec, key)
-        fields["backbone_options"] = {**base.backbone_options, **spec.backbone_options.get(backbone, {})}
+        fields["backbone_options"] = {**backbone_options[backbone], **spec.backbone_options.get(backbone, {})}
         fields["pretext_options"] = {**base.pretext_options, **spec.pretext_options.get(pretext, {})}
-        if pretext == "none":
-            for key in ("pretext_options", "pretext_data", "pretext_root", "pretext_images", "pretrain",
-                        "pretrain_seed", "pretext_data_options"):  # fmt: skip
-                fields[key] = profile.to_dict()[key]
-        if pretext == "none" or freeze:  # transfer_lr scales fine-tuned transferred layers; these have none
-            fields["transfer_lr"] = profile.transfer_lr
+        name = RunConfig(pretext=pretext, strategy=strategy_name).strategy_name
+        fields["strategy_options"] = {**base.strategy_options, **spec.strategy_options.get(name, {})}
+        config = RunConfig.from_dict(fields)
+        try:
+            strategy = strategies.strategy_of(config, registry)
+        except ConfigError as exc:
+            if "option" in str(exc) and name in spec.strategy_options:  # the options themselves are wrong
+                raise ConfigError(f"{spec.where('strategy_options', strategy_name)}: {exc}") from None
+            pruned.setdefault(combination, str(exc))
+            continue
+        # what a cell does not use takes the profile's value, so cells that differ only there are one cell
+        unused = []
+        if not trains[pretext]:
+            unused += ["pretext_options", "pretext_data", "pretext_root", "pretext_images", "pretrain",
+                       "pretrain_seed", "pretext_data_options"]  # fmt: skip
+        if not trains[pretext] or freeze:  # transfer_lr scales fine-tuned transferred layers; these have none
+            unused.append("transfer_lr")
+        if not strategy.uses_unlabelled:
+            unused += ["unlabelled_data", "unlabelled_root"]
+        fields.update({key: profile_fields[key] for key in unused})
         config = RunConfig.from_dict(fields)
         try:
             config.validate()
+            config = resolve_precision(config)  # precision auto -> bf16/fp32 here: the id the runner will record
+            cell = Cell.of(config, registry)
         except ConfigError as exc:
-            raise ConfigError(f"sweep {spec.name}, cell {config.strategy}: {exc}") from None
-        cell = Cell.of(config)
+            raise ConfigError(f"sweep {spec.name}, cell {combination}: {exc}") from None
+        if spec.rows is not None and cell.row not in spec.rows:
+            pruned.setdefault(combination, "not in the spec's rows")
+            continue
         cells.setdefault(cell.cell_id, cell)
-    kept = {cell.config.strategy for cell in cells.values()}
-    narrowed = any(axis in spec.from_cli for axis in ("pretexts", "policies"))  # a subset run from the CLI
-    for strategy in [] if narrowed else spec.strategies or []:
-        if strategy not in kept:
-            raise ConfigError(f"{spec.where('strategies', value=strategy)}: strategy {strategy!r} matches no cell "
-                              f"of the product.{_hint(strategy, kept)}")  # fmt: skip
+    kept = {cell.row for cell in cells.values()}
+    narrowed = any(axis in spec.from_cli for axis in ("pretexts", "policies", "strategies"))  # a subset run from the CLI
+    for row in [] if narrowed else spec.rows or []:
+        if row not in kept:
+            raise ConfigError(f"{spec.where('rows', value=row)}: row {row!r} matches no cell "
+                              f"of the product.{_hint(row, kept)}")  # fmt: skip
     if not cells:
         reasons = "; ".join(f"{combination}: {reason}" for combination, reason in pruned.items())
         raise ConfigError(f"sweep {spec.name} has no cells, every pretext x policy pair was pruned ({reasons})")
@@ -446,7 +475,7 @@ def order_cells(
         c = cell.config
         policy = f"{c.policy}{':frozen' if c.freeze else ''}"
         return (
-            c.seed, rank(backbones, c.backbone), c.backbone, c.pretext != "none", rank(pretexts, c.pretext),
+            c.seed, rank(backbones, c.backbone), c.backbone, cell.pretrains, rank(pretexts, c.pretext),
             c.pretext, cell.pretrain_key or "", rank(policies, policy), policy,
             c.train_size is None, c.train_size or 0, cell.cell_id,
         )  # fmt: skip
@@ -504,45 +533,39 @@ class CellEstimate:
 def measure_throughput(config: RunConfig, registry: Registry, budget_s: float = 3.0, max_batch: int = 8) -> float:
     """Training images per second of the config's backbone, timed on random tensors.
 
-    Real optimiser steps of :func:`sslbench.train.train_step` (the step ``fit`` takes:
-    forward, pose loss on every stage, backward, SGD) on the device, in the precision
-    and memory format the downstream training would use, for about *budget_s* seconds
-    (at least three steps). A network that needs more than that for one image is timed
-    on single images (a slight underestimate of its batched speed).
+    The step and its timing are those of ``sslbench bench`` (:func:`sslbench.bench.time_training`):
+    real optimiser steps of :func:`sslbench.train.train_step` (the step ``fit`` takes: forward, pose
+    loss on every stage, backward, the downstream optimiser) on the device, in the precision and
+    memory format the downstream training would use, after an untimed warm-up; the median step
+    (robust to other processes' bursts) gives the speed. About *budget_s* seconds (3 to 20 steps);
+    a network that needs more than that for one image is timed on single images (a slight
+    underestimate of its batched speed).
     """
     import torch
 
+    from sslbench.bench import PROFILE, time_training
     from sslbench.pose import PoseTask
-    from sslbench.train import prepare_model, resolve_device, train_step
+    from sslbench.train import resolve_device
 
-    settings = config.downstream
-    device = resolve_device(settings.device)
+    device = resolve_device(config.downstream.device)
     net = registry.create("backbone", config.backbone, "--backbones", num_outputs=NUM_JOINTS + 1, **config.backbone_options)
-    channels_last = prepare_model(net, device, settings)
-    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-6)
     size, maps = int(net.input_size), int(net.input_size) // int(net.stride)
-    task = PoseTask()
-    net.train()
 
-    def timed_step(batch: int) -> float:
+    def timed(batch: int, steps: int) -> dict[str, Any]:
         data = {"image": torch.randn(batch, 3, size, size), "centermap": torch.rand(batch, 1, size, size),
                 "target": torch.rand(batch, NUM_JOINTS + 1, maps, maps)}  # fmt: skip
-        start = time.perf_counter()
-        train_step(net, task, data, optimizer, device, settings, channels_last)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        settings = dataclasses.replace(config.downstream, batch_size=batch)
+        (run,) = time_training(net, PoseTask(), data, settings, [PROFILE], steps, device)
+        if run["error"]:
+            raise RuntimeError(run["error"])
+        return run
 
-    timed_step(1)  # warm-up: allocation, kernel selection
-    single = timed_step(1)
-    batch = max(1, min(settings.batch_size, max_batch))
-    if batch == 1 or single > budget_s:  # e.g. the paper's network on a CPU: seconds per image
-        return 1.0 / single
-    timed_step(batch)  # warm-up at the full batch size
-    times: list[float] = []
-    while len(times) < 3 or (sum(times) < budget_s and len(times) < 20):
-        times.append(timed_step(batch))
-    return batch / statistics.median(times)  # the median step: robust to other processes' bursts
+    single = timed(1, 1)
+    batch = max(1, min(config.downstream.batch_size, max_batch))
+    if batch == 1 or single["step_s"] > budget_s:  # e.g. the paper's network on a CPU: seconds per image
+        return single["images_per_s"]
+    steps = max(3, min(20, int(budget_s / (single["step_s"] * batch))))  # a batch takes at most batch x one image
+    return timed(batch, steps)["images_per_s"]
 
 
 class Estimator:
@@ -637,7 +660,7 @@ class Estimator:
         """Upper bound in seconds (all epochs run; early stopping ends sooner)."""
         c = cell.config
         pretrain_s = None
-        if c.pretext != "none":
+        if cell.pretrains:
             sizes = self._split_sizes(c.pretext_data, c.pretext_root, "standard", c.pretext_images, c.seed)
             train = sizes[0] if sizes else (c.pretrain.samples_per_epoch or c.pretext_images)
             val = sizes[1] if sizes else (c.pretrain.val_samples or 0)
@@ -646,6 +669,8 @@ class Estimator:
         train = sizes[0] if sizes else c.train_size
         val, test = (sizes[1], sizes[2]) if sizes else (c.downstream.val_samples or 0, 0)
         downstream_s = self._phase_seconds(c.downstream, self.speed(c, "downstream"), train, val, test)
+        if downstream_s is not None:  # semi-supervised strategies train on more than the labelled budget
+            downstream_s *= strategies.strategy_of(c, self.registry).cost(c)
         return CellEstimate(pretrain_s, downstream_s)
 
     def estimates(self, cells: Sequence[Cell], cached: Iterable[str] = ()) -> dict[str, float | None]:
@@ -668,7 +693,7 @@ class Estimator:
 
 def cached_pretrainings(cells: Iterable[Cell], workdir: Path) -> set[str]:
     """Pretraining keys of *cells* already cached under *workdir* (a sweep reuses them)."""
-    from sslbench.runner import is_pretrained
+    from sslbench.phases import is_pretrained
 
     return {cell.pretrain_key for cell in cells if cell.pretrain_key and is_pretrained(workdir, cell.config)}
 
@@ -713,13 +738,14 @@ def _now() -> str:
 def failed_record(cell: Cell, error: str, seconds: float, log: Path | None = None) -> dict[str, Any]:
     """The record of a cell that raised: what is known about it, the error, no metrics."""
     config = cell.config
-    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                           "precision": config.downstream.precision}  # fmt: skip
     if "torch" in sys.modules:  # the full description needs torch: only when it is loaded anyway
         try:
             from sslbench import environment
             from sslbench.train import resolve_device
 
-            env = environment.describe(resolve_device(config.downstream.device))
+            env = environment.describe(resolve_device(config.downstream.device), config.downstream.precision)
         except Exception:  # describing the machine must not hide the real error
             pass
     return {
@@ -727,10 +753,10 @@ def failed_record(cell: Cell, error: str, seconds: float, log: Path | None = Non
         "cell_id": cell.cell_id,
         "status": "failed",
         "error": error,
-        "strategy": config.strategy,
+        "strategy": cell.row,
         "config": config.to_dict(),
         "seed": config.seed,
-        "train_size": config.train_size,
+        "train_size": train_budget(config),
         "metrics": {},
         "pretext_metrics": {},
         "timing": {"total_s": seconds},
@@ -738,6 +764,21 @@ def failed_record(cell: Cell, error: str, seconds: float, log: Path | None = Non
         "files": {"log": str(log)} if log else {},
         "created": _now(),
     }
+
+
+def train_budget(config: RunConfig) -> int | None:
+    """Labelled training images of *config*'s cell, as its record states them: ``train_size``, or the
+    whole pool when that is None (None when the dataset cannot be opened, e.g. what made it fail)."""
+    if config.train_size is not None:
+        return config.train_size
+    try:
+        from sslbench.registry import default_registry
+
+        root = Path(config.root) if config.root else None
+        data = default_registry().create("dataset", config.data, "--data", root=root, **config.data_options)
+        return len(data.splits(config.protocol, None, config.seed).train)
+    except Exception:  # the record of a failure must not fail
+        return None
 
 
 def _default_runner() -> Runner:
@@ -823,16 +864,10 @@ def worker_threads(workers: int, cores: int | None = None) -> tuple[int, int]:
     return threads, threads // 2
 
 
-def max_loader_workers(requested: int) -> int:
-    """*requested* data-loader workers, capped when a parallel sweep set :data:`LOADER_WORKERS_ENV`."""
-    cap = os.environ.get(LOADER_WORKERS_ENV)
-    return min(requested, int(cap)) if cap and cap.isdigit() else requested
-
-
 _EXIT = {"done": 0, "failed": 10, "skipped": 11, "busy": 12}
 
 
-def _cell_process(cell_id: str, config: dict, root: str, workdir: str, runner: Runner | None,
+def _cell_process(cell: Cell, root: str, workdir: str, runner: Runner | None,
                   retry_failed: bool, threads: int, loaders: int) -> None:  # fmt: skip
     """Entry point of a worker process: limit threads before torch starts, then run one cell."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -842,11 +877,10 @@ def _cell_process(cell_id: str, config: dict, root: str, workdir: str, runner: R
     if "torch" in sys.modules:  # imported with the runner: set the limit explicitly too
         sys.modules["torch"].set_num_threads(threads)
     store = ResultsStore(root)
-    log = store.log_path(cell_id)
+    log = store.log_path(cell.cell_id)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a", encoding="utf-8") as handle:
         console = Console(file=handle, width=120, force_terminal=False, color_system=None)
-        cell = Cell(cell_id, RunConfig.from_dict(config))
         status = execute_cell(cell, store, Path(workdir), runner, retry_failed=retry_failed, console=console)
     sys.exit(_EXIT[status])
 
@@ -1021,7 +1055,7 @@ def _run_parallel(
         while queue or running:
             while queue and len(running) < workers:
                 cell = next_cell(queue, [c for _, c, _ in running.values()])
-                args = (cell.cell_id, cell.config.to_dict(), str(store.root), str(workdir), runner, retry_failed, threads, loaders)
+                args = (cell, str(store.root), str(workdir), runner, retry_failed, threads, loaders)
                 process = context.Process(target=_cell_process, args=args, name=f"sslbench-cell-{cell.cell_id}")
                 process.start()
                 running[cell.cell_id] = (process, cell, time.perf_counter())

@@ -58,7 +58,7 @@ from sslbench.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from sslbench.config import TrainSettings, config_hash
+from sslbench.config import RunConfig, TrainSettings, config_hash
 from sslbench.data import TaskDataset, distributed, make_loader
 from sslbench.errors import CheckpointError, ConfigError
 from sslbench.interfaces import Backbone, Task
@@ -148,6 +148,28 @@ def use_bf16(settings: TrainSettings, device: torch.device) -> bool:
             return torch.cuda.is_bf16_supported()
         return cpu_has_native_bf16()
     return settings.precision == "bf16"
+
+
+def resolve_precision(config: RunConfig) -> RunConfig:
+    """A copy of *config* with each phase's precision ``auto`` replaced by what it means on this
+    machine and that phase's device (``bf16`` or ``fp32``, :func:`use_bf16`).
+
+    Runs and sweeps resolve a config before taking its cell id and storing it, so a record says
+    which precision ran and cells that ran at different precisions differ.
+    """
+    if "auto" not in (config.pretrain.precision, config.downstream.precision):
+        return config
+    data = config.to_dict()
+    for section in ("pretrain", "downstream"):
+        settings: TrainSettings = getattr(config, section)
+        if settings.precision == "auto":
+            try:
+                device = resolve_device(settings.device)
+            except ConfigError as exc:
+                raise ConfigError(f"{section}.precision auto: cannot tell what it means here ({exc}); "
+                                  f"set {section}.precision to bf16 or fp32") from None  # fmt: skip
+            data[section]["precision"] = "bf16" if use_bf16(settings, device) else "fp32"
+    return RunConfig.from_dict(data)
 
 
 def use_channels_last(settings: TrainSettings, device: torch.device) -> bool:
@@ -353,7 +375,7 @@ def train_step(
     """
     batch = batch_to_device(batch, device, channels_last)
     with autocast_context(device, settings):
-        outputs = net(batch["image"], batch.get("centermap"))
+        outputs = task.forward(net, batch)
     loss = task.loss(outputs, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -686,6 +708,15 @@ def _result(state: _Progress, task: Task) -> FitResult:
         images_per_s=state.images / state.train_phase_seconds if state.train_phase_seconds > 0 else 0.0,
         stopped_early=state.stopped_early,
     )
+
+
+def finished(run_dir: Path) -> bool:
+    """Whether *run_dir* holds a finished :func:`fit` (its last checkpoint says so)."""
+    sidecar = checkpoint_paths(Path(run_dir) / LAST)[1]
+    try:
+        return bool(json.loads(sidecar.read_text(encoding="utf-8"))["fit"]["done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _load_last(path: Path, fit_key: str, resume: bool, say: Console | None) -> Checkpoint | None:

@@ -18,8 +18,18 @@ from scipy import stats
 from sslbench.config import RunConfig, profile_config
 from sslbench.errors import ConfigError
 from sslbench.joints import JOINT_NAMES, PARTS
-from sslbench.report import build_report, compute_hours, mean_ci, paired_difference, render, resolve_cells, views, write_plots
+from sslbench.report import (
+    build_report,
+    compute_hours,
+    mean_ci,
+    paired_difference,
+    render,
+    resolve_cells,
+    views,
+    write_plots,
+)
 from sslbench.results import load_results, write_record
+from sslbench.strategies import transfer_label
 
 
 def make_record(tmp_path: Path, strategy: str, seed: int, pck: float, train_size: int = 100, backbone: str = "cpm6",
@@ -40,7 +50,7 @@ def make_record(tmp_path: Path, strategy: str, seed: int, pck: float, train_size
         curves_path.write_text("\n".join(lines) + '\n{"epoch": 4, "train": {"lo')  # the last line cut by a kill
     return {
         "schema": 1, "cell_id": cid, "status": status, "error": None if status == "done" else "RuntimeError: nan",
-        "strategy": config.strategy, "config": config.to_dict(), "seed": seed, "train_size": train_size,
+        "strategy": "supervised" if config.pretext == "none" else transfer_label(config), "config": config.to_dict(), "seed": seed, "train_size": train_size,
         "metrics": {} if status != "done" else {
             "pck@0.2": pck, "pck@0.1": pck / 2, "auc@0.2": pck / 3,
             "per_joint": dict.fromkeys(JOINT_NAMES, pck),
@@ -232,7 +242,7 @@ def test_compute_sums_phase_seconds_not_time_spent_waiting(tmp_path: Path) -> No
         record["timing"] = {"pretrain_s": pretrain, "downstream_s": downstream, "eval_s": evaluation, "total_s": total}
         write_record(out, record)
     df = load_results(out, warn=quiet)
-    assert compute_hours(df) == pytest.approx({"pretrain": 1.0, "downstream": 2.0, "eval": 0.04, "total": 3.04})
+    assert compute_hours(df) == pytest.approx({"pretrain": 1.0, "downstream": 2.0, "strategy": 0.0, "eval": 0.04, "total": 3.04})
     assert "Compute: 3.0 h of run time (1.0 h pretext pretraining, 2.0 h downstream" in render(build_report(df), "markdown")
     assert compute_hours(df.drop(columns=["timing.eval_s"])) is None
 
@@ -330,3 +340,23 @@ def test_cli_report_on_empty_directory_is_one_line_exit_2(tmp_path: Path) -> Non
     assert result.output.strip().splitlines() == [
         f"error: {tmp_path / 'empty'}: no readable result records in cells/; run `sslbench sweep` first"
     ]
+
+
+def test_semi_supervised_rows_pair_with_supervised_and_their_own_phases_count_as_compute(tmp_path: Path):
+    out = tmp_path / "semi"
+    for seed, (baseline, semi) in enumerate([(50.0, 55.0), (52.0, 58.0), (49.0, 53.0)]):
+        write_record(out, make_record(tmp_path, "supervised", seed, baseline))
+        record = make_record(tmp_path, "supervised", seed, semi)
+        config = RunConfig.from_dict({**record["config"], "strategy": "pseudo-label", "unlabelled_data": "lspet",
+                                      "unlabelled_root": f"/data{seed}", "strategy_options": {"threshold": 0.3}})  # fmt: skip
+        record.update(cell_id=config.cell_id, config=config.to_dict(), strategy="pseudo-label")
+        record["timing"].update(pretrain_s=0.0, downstream_s=3600.0, eval_s=0.0, teacher_s=1800.0,
+                                teacher_train_s=1800.0, pseudo_label_s=1800.0)  # fmt: skip
+        write_record(out, record)
+    report = build_report(load_results(out, warn=lambda message: None))
+    row = report.summary.set_index("row").loc["pseudo-label"]
+    assert row["n_pairs"] == 3 and row["diff"] == pytest.approx(5.0)  # paired by seed, pool paths ignored
+    hours = compute_hours(report.df)
+    assert hours["strategy"] == pytest.approx(3.0) and hours["downstream"] == pytest.approx(3.0)
+    assert "1.5 h strategies' own phases" not in render(report, "markdown")
+    assert "3.0 h strategies' own phases (teachers, pseudo-labelling)" in render(report, "markdown")

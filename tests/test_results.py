@@ -19,6 +19,7 @@ from sslbench.config import RunConfig
 from sslbench.errors import DataError
 from sslbench.joints import JOINT_NAMES, PARTS
 from sslbench.results import ResultsStore, load_results, read_record, write_record
+from sslbench.strategies import transfer_label
 
 
 def record(seed: int = 0, pretext: str = "none", policy: str = "none", freeze: bool = False, pck: float = 60.0,
@@ -27,7 +28,7 @@ def record(seed: int = 0, pretext: str = "none", policy: str = "none", freeze: b
     config = RunConfig(seed=seed, pretext=pretext, policy=policy, freeze=freeze, train_size=train_size)
     return {
         "schema": 1, "cell_id": config.cell_id, "status": status,
-        "error": None if status == "done" else "RuntimeError: boom", "strategy": config.strategy,
+        "error": None if status == "done" else "RuntimeError: boom", "strategy": "supervised" if config.pretext == "none" else transfer_label(config),
         "config": config.to_dict(), "seed": seed, "train_size": train_size,
         "metrics": {} if status != "done" else {
             "pck@0.2": pck, "pck@0.1": pck / 2, "auc@0.2": pck / 3,

