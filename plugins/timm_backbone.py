@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,9 +254,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        if "weights_only" in str(exc) or isinstance(exc, pickle.UnpicklingError):
+            raise CheckpointError(
+                f"backbone option init: {path} holds pickled Python objects besides tensors, which sslbench never "
+                "loads (code could run); save a plain state dict (torch.save(model.state_dict(), ...)) or safetensors"
+            ) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""  # torch's messages run to many lines
         raise CheckpointError(
-            f"backbone option init: cannot read checkpoint {path} ({type(exc).__name__}: {exc})"
-        ) from exc
+            f"backbone option init: cannot read checkpoint {path} ({type(exc).__name__}: {first})"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sslbench.errors import SSLBenchError
+from sslbench.errors import ConfigError, SSLBenchError
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -63,3 +63,33 @@ def _fsync_dir(directory: Path) -> None:
     finally:
         os.close(fd)
 
+
+
+def check_writable(path: Path | str, option: str, *, is_file: bool = False) -> None:
+    """Raise :class:`ConfigError` naming *option* unless *path* can be written (checked before any work).
+
+    *path* is a folder (created later if missing), or with ``is_file`` a file. The nearest
+    existing folder on the way is probed by creating and removing a temporary file, which
+    also catches read-only mounts and permissions that ``os.access`` misjudges.
+    """
+    path = Path(path)
+    what = "file" if is_file else "folder"
+    if is_file and path.is_dir():
+        raise ConfigError(f"{option} {path}: is a folder, expected a file")
+    if not is_file and path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path}: is a file, expected a folder")
+    if is_file and path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"{option} {path}: the file is not writable")
+    probe = path.parent if is_file else path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{option} {path}: cannot create the {what}, {probe} is not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".sslbench-write-check-", suffix=".tmp")
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"{option} {path}: not writable ({reason} in {probe})") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)

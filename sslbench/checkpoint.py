@@ -73,6 +73,18 @@ def library_versions() -> dict[str, str]:
 
 # ------------------------------------------------------------------------------ save
 
+#: metadata key, inside the weights file (so under the weights hash), of the hash of the model description
+MODEL_HASH_KEY = "sslbench_model_sha256"
+#: the sidecar fields :func:`build_model` follows to rebuild the network: covered by :data:`MODEL_HASH_KEY`
+MODEL_FIELDS = ("backbone", "num_outputs", "input_size", "stride")
+
+
+def model_hash(meta: dict[str, Any]) -> str:
+    """SHA-256 of the sidecar fields that describe the model (key order does not matter)."""
+    described = {key: meta.get(key) for key in MODEL_FIELDS}
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
 
 def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
     """A contiguous CPU copy that shares storage with nothing (safetensors needs that)."""
@@ -162,7 +174,7 @@ def save_checkpoint(
         info["optimizer"] = structure
     for key, value in (extra or {}).items():
         tensors[EXTRA_PREFIX + key] = _cpu_copy(value)
-    data = safetensors.torch.save(tensors, metadata={"format": FORMAT})
+    data = safetensors.torch.save(tensors, metadata={"format": FORMAT, MODEL_HASH_KEY: model_hash(info)})
     info["versions"] = library_versions()
     info["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     info["weights"] = {"file": weights_path.name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
@@ -226,6 +238,12 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
         tensors = safetensors.torch.load(data)
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"checkpoint weights {weights_path} are unreadable: {exc}") from None
+    recorded = _weights_metadata(data).get(MODEL_HASH_KEY)
+    if recorded is not None and recorded != model_hash(meta):
+        raise CheckpointError(
+            f"checkpoint {meta_path} is corrupt: its model description ({', '.join(MODEL_FIELDS)}) was changed "
+            f"after it was written (it differs from the hash stored in {weights_path.name})"
+        )
     state = {k: v for k, v in tensors.items() if not k.startswith((OPTIM_PREFIX, EXTRA_PREFIX))}
     extra = {k[len(EXTRA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
     optimizer = None
@@ -244,7 +262,7 @@ def describe_backbone(config: dict[str, Any] | None, num_outputs: int | None = N
     options = {k: v for k, v in config.items() if k != "name"}
     if num_outputs is not None:
         options["num_outputs"] = num_outputs
-    inner = ", ".join(f"{k}={v}" for k, v in options.items())
+    inner = ", ".join(f"{k}={v}" for k, v in sorted(options.items()))  # sorted: the same config, the same text
     return f"{config.get('name', '?')}({inner})"
 
 
@@ -284,6 +302,17 @@ def load_weights(model: nn.Module, checkpoint: Checkpoint) -> None:
     model.load_state_dict(checkpoint.state, strict=True)
 
 
+def _weights_metadata(data: bytes) -> dict[str, str]:
+    """The string metadata in a safetensors file's header (``__metadata__``)."""
+    try:
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + size])
+        metadata = header.get("__metadata__") or {}
+        return metadata if isinstance(metadata, dict) else {}
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return {}
+
+
 def build_model(checkpoint: Checkpoint, registry: Any | None = None) -> Backbone:
     """Rebuild the checkpoint's backbone from its saved config and load its weights."""
     from sslbench.registry import default_registry
@@ -292,7 +321,8 @@ def build_model(checkpoint: Checkpoint, registry: Any | None = None) -> Backbone
     config = checkpoint.backbone
     if not config or "name" not in config or "num_outputs" not in checkpoint.meta:
         raise CheckpointError(f"checkpoint {checkpoint.path} does not record its backbone (no 'backbone' config)")
-    options = {k: v for k, v in config.items() if k != "name"}
+    # ``init`` (a file the trunk was initialised from) is never followed: every weight comes from the checkpoint
+    options = {k: v for k, v in config.items() if k not in ("name", "init")}
     try:
         model = registry.create("backbone", config["name"], num_outputs=checkpoint.meta["num_outputs"], **options)
     except ConfigError as exc:

@@ -146,6 +146,8 @@ class VerifyReport:
     #: protocol -> (train pool, val, test) sizes, or the error message
     splits: dict[str, tuple[int, int, int] | str] = field(default_factory=dict)
     split_warnings: dict[str, str] = field(default_factory=dict)
+    #: images that decode without error but show nothing (one colour, or one 16 x 16 tile repeated)
+    uniform: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> list[str]:
@@ -160,6 +162,21 @@ def _decode(dataset: ImageDataset, index: int) -> np.ndarray:
     if isinstance(dataset, ImageFileDataset) and index not in dataset.cache:
         return read_image(dataset.path(index))
     return dataset.image(index)
+
+
+def looks_blank(image: np.ndarray, block: int = 16) -> bool:
+    """Whether *image* holds no picture: every *block* x *block* tile has the same mean colour.
+
+    A JPEG whose scan data was zeroed but whose header survived decodes without an error, to
+    a flat grey or to one tile repeated (every 8 x 8 block decoded from the same zero bits);
+    either way its tile means do not vary. Cheap next to decoding; images smaller than two
+    tiles are not judged.
+    """
+    height, width = (image.shape[0] // block) * block, (image.shape[1] // block) * block
+    if height < block or width < block or height * width < 2 * block * block:
+        return False
+    tiles = image[:height, :width].reshape(height // block, block, width // block, block, -1).mean(axis=(1, 3))
+    return bool(np.ptp(tiles, axis=(0, 1)).max() < 1.0)
 
 
 def verify_dataset(
@@ -187,6 +204,8 @@ def verify_dataset(
                 report.unreadable.append((str(where), str(exc).split("cannot read image: ", 1)[-1]))
                 continue
             height, width = image.shape[:2]
+            if looks_blank(image):
+                report.uniform.append(str(dataset.image_id(index)))
             report.widths.append(width)
             report.heights.append(height)
             if not dataset.labelled:
@@ -272,6 +291,13 @@ def print_report(report: VerifyReport) -> None:
         console.print(
             f"[yellow]warning:[/] {_plural(report.joints_outside, 'joint')} outside the picture "
             f"({_names(report.images_with_joints_outside)})",
+            soft_wrap=True,
+            highlight=False,
+        )
+    if report.uniform:
+        console.print(
+            f"[yellow]warning:[/] {_plural(len(report.uniform), 'image')} decode to a blank picture, one colour or "
+            f"one tile repeated (suspicious: damaged or zeroed image data?): {_names(report.uniform)}",
             soft_wrap=True,
             highlight=False,
         )
@@ -604,8 +630,19 @@ def _strip_prefix(names: list[str]) -> str:
     return ""
 
 
-def _members(archive: Path) -> tuple[list[tuple[str, bool, Any]], Any]:
-    """(name, is_dir, handle) of every member, and the open archive; links and devices are refused."""
+def _members(archive: Path, label: str | None = None) -> tuple[list[tuple[str, bool, Any]], Any]:
+    """(name, is_dir, handle) of every member, and the open archive; links and devices are refused.
+
+    Errors name *label* (the URL of a download, whose temporary file is removed), else the file.
+    """
+    label = label or archive.name
+    try:
+        return _open_members(archive, label)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+        raise DataError(f"{label}: not a readable zip or tar archive (truncated download?): {type(exc).__name__}: {exc}") from None
+
+
+def _open_members(archive: Path, label: str) -> tuple[list[tuple[str, bool, Any]], Any]:
     if zipfile.is_zipfile(archive):
         opened: Any = zipfile.ZipFile(archive)
         members = []
@@ -613,7 +650,7 @@ def _members(archive: Path) -> tuple[list[tuple[str, bool, Any]], Any]:
             mode = (info.external_attr >> 16) & 0o170000
             if mode == 0o120000:
                 opened.close()
-                raise DataError(f"{archive.name}: member {info.filename!r} is a symbolic link; refusing to extract")
+                raise DataError(f"{label}: member {info.filename!r} is a symbolic link; refusing to extract")
             members.append((info.filename, info.is_dir(), info))
         return members, opened
     if tarfile.is_tarfile(archive):
@@ -622,10 +659,10 @@ def _members(archive: Path) -> tuple[list[tuple[str, bool, Any]], Any]:
         for info in opened.getmembers():
             if not (info.isfile() or info.isdir()):
                 opened.close()
-                raise DataError(f"{archive.name}: member {info.name!r} is a link or device; refusing to extract")
+                raise DataError(f"{label}: member {info.name!r} is a link or device; refusing to extract")
             members.append((info.name, info.isdir(), info))
         return members, opened
-    raise DataError(f"{archive.name}: not a zip or tar archive")
+    raise DataError(f"{label}: not a zip or tar archive (an HTML page or a truncated download?)")
 
 
 def _open_member(opened: Any, handle: Any) -> IO[bytes]:
@@ -644,7 +681,7 @@ def extract_archive(archive: Path, root: Path, label: str | None = None) -> int:
     Returns the number of files written.
     """
     label = label or archive.name
-    members, opened = _members(archive)
+    members, opened = _members(archive, label)
     try:
         prefix = _strip_prefix([name for name, _, _ in members])
         planned: list[tuple[Path, bool, Any]] = []
@@ -716,7 +753,7 @@ def download_dataset(name: str, root: Path, url: str | None = None, sha256: str 
             )
         else:
             console.print(f"SHA-256 {digest} checked", highlight=False)
-        return extract_archive(part, root, PurePosixPath(source).name or part.name)
+        return extract_archive(part, root, source)
     except BaseException:
         part.unlink(missing_ok=True)
         if created and root.is_dir() and not any(root.iterdir()):

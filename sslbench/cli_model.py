@@ -25,7 +25,7 @@ from sslbench import atomic
 from sslbench.checkpoint import Checkpoint, build_model, describe_backbone, load_checkpoint
 from sslbench.cli_data import draw_skeleton
 from sslbench.config import TrainSettings
-from sslbench.data import TaskDataset
+from sslbench.data import TaskDataset, cap_loader_workers
 from sslbench.errors import CheckpointError, ConfigError, DataError
 from sslbench.imageio import read_image
 from sslbench.interfaces import Backbone, Geometry
@@ -103,6 +103,13 @@ def print_metrics(console: Console, metrics: dict[str, Any], title: str = "pose 
         headline.add_column(label, justify="right")
     headline.add_row(*(_fmt(flat[key], digits) for _, key, digits in shown))
     console.print(headline)
+    if "report_loss" in flat:
+        console.print(
+            "report loss: the final stage's MSE x 46*46*15, the scale of the loss figures of the report this "
+            "project grew out of (lower is better; comparable in spirit only at other input sizes)",
+            highlight=False,
+            style="dim",
+        )
     if parts:
         table = Table(title="PCK@0.2 per part (left and right averaged)", title_justify="left", min_width=60)
         order = [p for p in (*PARTS, "Mean") if p in parts]
@@ -144,6 +151,11 @@ def evaluate_command(
     json_path: Path | None,
 ) -> None:
     """Score a pose checkpoint on a labelled split: PCK@0.2, PCK@0.1, AUC and per-part PCK."""
+    if json_path is not None:
+        atomic.check_writable(json_path, "--json", is_file=True)
+    workers = cap_loader_workers(
+        workers, "--workers", lambda m: Console(stderr=True).print(f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True)
+    )
     plugins = registry()
     settings = TrainSettings(batch_size=batch_size, num_workers=workers, device=device, precision=precision)
     resolve_device(device)
@@ -305,6 +317,9 @@ def predict_command(
     pixels (pixel centres at integers) whatever its size. Nothing is written unless
     every image could be read and predicted.
     """
+    atomic.check_writable(out_path, "--out", is_file=True)
+    if overlay_dir is not None:
+        atomic.check_writable(overlay_dir, "--overlay")
     settings = TrainSettings(batch_size=batch_size, device=device, precision=precision, num_workers=0)
     resolve_device(device)
     files = collect_images(inputs)

@@ -45,14 +45,14 @@ def build_config(
     config = apply_overrides(config, overrides)
     for text in assignments:
         path, value = parse_assignment(text)
-        config = set_path(config, path, value)
+        config = set_path(config, path, value, f"--set {text}")
     return config
 
 
 def config_options(function):
     """The options of ``run``: everything that builds one RunConfig."""
     options = [
-        click.option("--profile", default="cpu", show_default=True, help="paper | cpu | smoke: starting settings."),
+        click.option("--profile", default="cpu", show_default=True, help="paper | cpu | demo | smoke: starting settings."),
         click.option("--backbone", help="Backbone plugin name (default cpm6)."),
         click.option("--strategy", help="Strategy plugin (supervised, transfer, pseudo-label, consistency, ...); "
                      "default: supervised for --pretext none, else transfer."),
@@ -116,24 +116,43 @@ def config_from_options(options: dict[str, Any]) -> RunConfig:
 @click.option("--results", "results_dir", default="results/default", show_default=True, type=click.Path(path_type=Path),
               help="Results store that `sslbench report` reads.")  # fmt: skip
 @click.option("--fresh", is_flag=True, help="Discard an unfinished run of this cell instead of resuming it.")
-def run_command(workdir: Path, results_dir: Path, fresh: bool, **options: Any) -> None:
+@click.option("--skip-bad", is_flag=True,
+              help="Leave unreadable images of both datasets out, with a warning (data_options.skip_bad=true).")  # fmt: skip
+def run_command(workdir: Path, results_dir: Path, fresh: bool, skip_bad: bool, **options: Any) -> None:
     """Pretrain (or not), transfer, train the pose estimator, evaluate on test once.
 
     Under ``torchrun --nproc-per-node N -m sslbench run ...`` the N processes train the
     cell together (DistributedDataParallel); rank 0 prints and writes the result.
     """
     from sslbench import distributed
-    from sslbench.results import write_record
+    from sslbench.results import ResultsStore, write_record
     from sslbench.runner import run_cell
     from sslbench.cli_model import print_metrics
 
+    from sslbench.atomic import check_writable
+
+    from sslbench.cli import one_line
+    from sslbench.errors import DataError
+
     console = Console()
+    if skip_bad:
+        options["assignments"] = ("data_options.skip_bad=true", "pretext_data_options.skip_bad=true",
+                                  *options["assignments"])  # fmt: skip
     config = config_from_options(options)
+    check_writable(workdir, "--workdir")  # before any training: a read-only location fails now, not after it
+    check_writable(results_dir, "--results")
     with distributed.session((config.pretrain.device, config.downstream.device)):
         console.quiet = not distributed.is_main()
-        record = run_cell(config, workdir, resume=not fresh, console=console)
+        try:
+            record = run_cell(config, workdir, resume=not fresh, console=console)
+        except DataError as exc:
+            message = one_line(exc)  # also when raised in a data-loader worker
+            if "cannot read image" in message and not skip_bad:
+                message += " (--skip-bad leaves unreadable images out; sslbench data verify lists them all)"
+            raise DataError(message) from exc
         if not distributed.is_main():
             return
     write_record(results_dir, record)
+    ResultsStore(results_dir).write_csv()  # the flat table for pandas, as a sweep keeps it
     print_metrics(console, record, title=f"{record['strategy']} - test set ({record['train_size']} train images)")
     console.print(f"result stored in {results_dir} (cell {record['cell_id']})")

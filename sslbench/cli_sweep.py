@@ -162,7 +162,7 @@ def print_plan(plan: Plan, results: Path, workdir: Path, console: Console, estim
 @click.command("sweep")
 @click.argument("spec_path", metavar="[SPEC.toml]", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--name", help="Sweep name (default: the spec's name or file name); results go to ./results/NAME/.")
-@click.option("--profile", help="paper | cpu | smoke (default: the spec's, else cpu).")
+@click.option("--profile", help="paper | cpu | demo | smoke (default: the spec's, else cpu).")
 @click.option("--backbones", metavar="A,B", help="Backbone names, comma-separated.")
 @click.option("--pretexts", metavar="A,B", help="Pretext names; none = supervised baseline.")
 @click.option("--policies", metavar="A,B", help="Transfer policies; e.g. none,first,first+middle:frozen.")
@@ -213,6 +213,10 @@ def sweep_command(spec_path: Path | None, results_dir: Path | None, workdir: Pat
             estimates = estimator.estimates(plan.cells, cached)
         print_plan(plan, results, workdir, console, estimates, estimator.sources, shard, cached)
         return
+    from sslbench.atomic import check_writable
+
+    check_writable(workdir, "--workdir")  # before any cell: a read-only location fails now, not after training
+    check_writable(results, "--results" if results_dir else "results folder")
     if plan.pruned:
         err.print("pruned: " + "; ".join(f"{c} ({r})" for c, r in plan.pruned), highlight=False, soft_wrap=True)
     where = f" (shard {shard})" if shard else ""
@@ -251,12 +255,16 @@ def report_command(results_dirs: tuple[Path, ...], fmt: str, out: Path | None, p
 
     RESULTS_DIR is a sweep's results directory, or a folder of them (default ./results).
     """
-    from sslbench.atomic import write_text
+    from sslbench.atomic import check_writable, write_text
     from sslbench.report import build_report, print_terminal, render, write_plots
     from sslbench.results import load_results
 
     console, err = Console(), Console(stderr=True)
     warn = _warner(err)
+    if out is not None:
+        check_writable(out, "--out", is_file=True)
+    if plots_dir is not None:
+        check_writable(plots_dir, "--plots")
     dirs = results_dirs or (Path("results"),)
     df = load_results(*dirs, warn=warn)
     report = build_report(df, metric)

@@ -324,6 +324,25 @@ PROFILES: dict[str, dict[str, Any]] = {
             "warmup_epochs": 1, "patience": 15, "num_workers": 1, "precision": "fp32",
         },
     },
+    # A demonstration on the synthetic people, sized so that benchmarks/demo.toml (3 seeds x
+    # supervised + jigsaw transfer, with their pretrainings) finishes in about 5 minutes on 2 cores:
+    # 64 px, width x0.125 with BatchNorm, 100 labelled images. Its numbers show how the harness
+    # compares strategies, not how they compare on real people (that is the cpu profile on LSP).
+    "demo": {
+        "backbone_options": {"input_size": 64},
+        "per_backbone": {name: {"width": 0.125, "norm": "batch"} for name in CPM_BACKBONES},
+        "sigma": 1.0,
+        "train_size": 100,
+        "data_options": {"size": 600},
+        "pretrain": {
+            "epochs": 3, "batch_size": 16, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
+            "samples_per_epoch": 800, "val_samples": 100, "num_workers": 0, "precision": "fp32",
+        },
+        "downstream": {  # validation PCK levels off after about 8 epochs here
+            "epochs": 10, "batch_size": 16, "optimizer": "adam", "lr": 1e-3, "schedule": "cosine",
+            "warmup_epochs": 1, "patience": 0, "num_workers": 0, "precision": "fp32",
+        },
+    },
     # Seconds: for tests and trying the command line.
     "smoke": {
         "backbone_options": {"input_size": 64},
@@ -372,8 +391,61 @@ def parse_assignment(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def set_path(config: RunConfig, path: list[str], value: Any) -> RunConfig:
-    """A copy of *config* with the field at *path* (e.g. ``["downstream", "lr"]``) set to *value*."""
+def setting_types() -> dict[str, str]:
+    """Dotted setting path -> annotation text (``"int | None"``), for type checks of ``--set`` values.
+
+    The sections ``pretrain`` and ``downstream`` are listed by their fields only: a section
+    itself is not a value.
+    """
+    types = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
+    for section in SECTIONS:
+        types.pop(section)
+        types.update({f"{section}.{f.name}": str(f.type) for f in dataclasses.fields(TrainSettings)})
+    return types
+
+
+#: the RunConfig fields that are TrainSettings tables
+SECTIONS = ("pretrain", "downstream")
+
+_TYPE_NAMES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),),
+    "dict[str, Any]": (dict,),
+}  # fmt: skip
+
+
+def check_setting(path: list[str] | tuple[str, ...], value: Any, where: str) -> None:
+    """Raise :class:`ConfigError` (prefixed by *where*) when *path* is no setting or *value* has the wrong type.
+
+    The one check of every ``--set`` value, whether from ``sslbench run``, ``bench`` or a sweep spec.
+    """
+    path = list(path)
+    dotted = ".".join(path)
+    types = setting_types()
+    if len(path) == 1 and path[0] in SECTIONS:
+        fields = ", ".join(f.name for f in dataclasses.fields(TrainSettings))
+        raise ConfigError(f"{where}: {dotted} is a section, not a value; set one of its fields "
+                          f"({dotted}.epochs=3; fields: {fields})")  # fmt: skip
+    options = len(path) == 2 and path[0].endswith("_options") and path[0] in types
+    if dotted not in types:
+        if options:
+            return
+        raise ConfigError(f"{where}: no such setting {dotted!r}.{did_you_mean(dotted, types)}")
+    allowed = [_TYPE_NAMES.get(part.strip()) for part in types[dotted].split("|")]
+    if not all(allowed):
+        return
+    kinds = tuple(t for group in allowed for t in group)  # type: ignore[union-attr]
+    wrong_bool = isinstance(value, bool) and bool not in kinds
+    if wrong_bool or not isinstance(value, kinds):
+        raise ConfigError(f"{where}: {dotted} must be {types[dotted]}, got {value!r}")
+
+
+def set_path(config: RunConfig, path: list[str], value: Any, where: str | None = None) -> RunConfig:
+    """A copy of *config* with the field at *path* (e.g. ``["downstream", "lr"]``) set to *value*.
+
+    *value* is type-checked against the field (:func:`check_setting`); *where* names the
+    option in errors (default ``--set PATH``).
+    """
+    check_setting(path, value, where or f"--set {'.'.join(path)}")
     data = config.to_dict()
     node: Any = data
     for i, part in enumerate(path[:-1]):

@@ -114,6 +114,24 @@ def distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def cap_loader_workers(requested: int, option: str, warn: Any = None) -> int:
+    """*requested* data-loader processes, at most one per available core (a warning naming *option* says so)."""
+    cores = available_cores()
+    if requested <= cores:
+        return requested
+    if warn is not None:
+        warn(f"{option} {requested}: this machine has {cores} core(s) for this process; using {cores} loader process(es)")
+    return cores
+
+
 def make_loader(
     dataset: TaskDataset,
     settings: TrainSettings,
@@ -142,6 +160,7 @@ def make_loader(
         shuffle = False
     # a parallel sweep (sslbench.sweep, --workers N) caps loader processes per cell: no oversubscribed cores
     workers = min(settings.num_workers, int(os.environ.get("SSLBENCH_MAX_LOADER_WORKERS", settings.num_workers)))
+    workers = min(workers, available_cores())  # more processes than cores only compete for them
     preload = getattr(dataset.images, "preload", None)
     if workers > 0 and callable(preload):
         preload(dataset.active_indices)  # decoded once here; forked workers inherit the cache

@@ -335,8 +335,10 @@ def views(report: Report) -> list[View]:
             View(
                 "Report-style view by number of training images: test loss of the selected checkpoint (converge epoch)",
                 _pivot(report, report_cell),
-                "The original study's table: its scaled MSE (lower is better) and the epoch after which "
-                "validation stopped improving, means over seeds. Selected on validation, not on test.",
+                "The table of the report this project grew out of, in its terms: report loss = the final stage's "
+                "test MSE x 46*46*15, the scale of that report's loss figures (lower is better); converge epoch = "
+                "the first epoch whose validation PCK@0.2 came within 1% of the best. Means over seeds; "
+                "selected on validation, not on test.",
             )
         )
     return out
@@ -596,6 +598,24 @@ def read_curves(path: Path, warn: Callable[[str], None]) -> pd.DataFrame:
 _NOT_CURVES = ("epoch", "step", "time", "seconds", "lr", "images_per_s", "img_per_s", "wall", "improved")
 
 
+def curve_columns(curves: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(loss columns, other metric columns) of per-epoch *curves* worth plotting.
+
+    Per-stage, per-joint and per-part breakdowns, bookkeeping (lr, timing) and the report's
+    scaled loss (``report_loss``, hundreds to thousands, a different scale from the training
+    loss, about 0.05) are left out.
+    """
+
+    def wanted(column: str) -> bool:
+        parts = column.split(".")
+        breakdown = any(p.startswith(("stage", "joint", "part")) for p in parts) or parts[-2:-1] in (["joint"], ["part"])
+        return not breakdown and not parts[-1].endswith(_NOT_CURVES) and "report_loss" not in parts
+
+    numeric = [c for c in numeric_columns(curves) if wanted(c)]
+    losses = [c for c in numeric if "loss" in c]
+    return losses, [c for c in numeric if c not in losses]
+
+
 def plot_curves(record: pd.Series, path: Path, warn: Callable[[str], None]) -> Path | None:
     """Training and validation curves of one cell: losses left, other metrics right.
 
@@ -609,20 +629,14 @@ def plot_curves(record: pd.Series, path: Path, warn: Callable[[str], None]) -> P
         warn(f"cell {record['cell_id']}: no per-epoch metrics file ({source}); no curves")
         return None
     curves = read_curves(Path(source), warn)
-    def wanted(column: str) -> bool:
-        parts = column.split(".")
-        breakdown = any(p.startswith(("stage", "joint", "part")) for p in parts[:-1]) or parts[-2:-1] in (["joint"], ["part"])
-        return not breakdown and not parts[-1].endswith(_NOT_CURVES) and parts[-1] != "report_loss"
-
-    numeric = [c for c in numeric_columns(curves) if wanted(c)]
+    losses, others = curve_columns(curves)
+    numeric = losses + others
     if curves.empty or not numeric:
         warn(f"cell {record['cell_id']}: {source} holds no numeric per-epoch values; no curves")
         return None
     from matplotlib.ticker import MaxNLocator
 
     x = curves["epoch"] if "epoch" in curves.columns else pd.Series(range(1, len(curves) + 1))
-    losses = [c for c in numeric if "loss" in c]
-    others = [c for c in numeric if c not in losses]
     figure = _figure(11 if losses and others else 7, 4)
     panels = [(losses, "loss"), (others, "metric")]
     panels = [(cols, label) for cols, label in panels if cols]

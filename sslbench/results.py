@@ -165,7 +165,32 @@ def read_record(path: Path | str) -> dict[str, Any]:
         raise DataError(f"{path}: corrupt result record ({type(exc).__name__}: {exc})") from exc
     if not isinstance(record, dict) or not isinstance(record.get("cell_id"), str):
         raise DataError(f"{path}: not a result record (no cell_id)")
+    bad = _non_numeric_metric(record)
+    if bad is not None:
+        raise DataError(f"{path}: corrupt result record ({bad})")
     return record
+
+
+def _non_numeric_metric(record: dict[str, Any]) -> str | None:
+    """What is wrong when a metric of *record* is not a number (None when all are, or are empty)."""
+
+    def number(value: Any) -> bool:
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+    for section in ("metrics", "pretext_metrics"):
+        values = record.get(section)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            return f"{section} is {values!r}, not a table of numbers"
+        for name, value in values.items():
+            if name in ("per_joint", "per_part") and isinstance(value, dict):
+                inner = next(((k, v) for k, v in value.items() if not number(v)), None)
+                if inner is not None:
+                    return f"{section}.{name}.{inner[0]} is {inner[1]!r}, not a number"
+            elif not number(value):
+                return f"{section}.{name} is {value!r}, not a number"
+    return None
 
 
 def iter_records(results_dir: Path | str, warn: Warn | None = None) -> Iterator[tuple[Path, dict[str, Any]]]:
@@ -180,6 +205,14 @@ def iter_records(results_dir: Path | str, warn: Warn | None = None) -> Iterator[
         return
     for path in sorted(cells.iterdir()):
         if path.name.endswith(".tmp"):
+            if _is_stale(path):  # no write takes this long: a process was killed while writing
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
+                else:
+                    warn(f"{path}: leftover temporary file of an interrupted write; removed")
+                    continue
             warn(f"{path}: leftover temporary file of an interrupted write; ignored (safe to delete)")
             continue
         if path.suffix != ".json" or not path.is_file():
@@ -188,6 +221,19 @@ def iter_records(results_dir: Path | str, warn: Warn | None = None) -> Iterator[
             yield path, read_record(path)
         except DataError as exc:
             warn(f"{exc}; skipped")
+
+
+#: a temporary file of an atomic write older than this was left by a killed process (a write takes milliseconds)
+STALE_TEMP_S = 600.0
+
+
+def _is_stale(path: Path) -> bool:
+    import time
+
+    try:
+        return time.time() - path.stat().st_mtime > STALE_TEMP_S
+    except OSError:
+        return False
 
 
 def records_dataframe(records: list[dict[str, Any]], sources: list[str] | None = None, warn: Warn | None = None) -> pd.DataFrame:
@@ -284,13 +330,31 @@ def _check_schemas(records: list[dict[str, Any]], sources: list[str] | None, war
         for key in set(record) - set(RECORD_KEYS):
             unknown.setdefault(key, []).append(Path(name).name)
     for schema, files in sorted(other.items(), key=lambda item: str(item[0])):
-        age = "a newer" if isinstance(schema, int) and schema > SCHEMA else "an older"
         warn(
-            f"{len(files)} record(s) written by {age} sslbench (schema {schema}, this version reads {SCHEMA}), "
-            f"e.g. {files[0]}: reading the fields this version knows"
+            f"{len(files)} record(s) written by {_schema_origin(schema)} (schema {schema!r}, this version reads "
+            f"{SCHEMA}), e.g. {files[0]}: reading the fields this version knows"
         )
     for key, files in sorted(unknown.items()):
         warn(f"{len(files)} record(s) have field {key!r} unknown to this sslbench (e.g. {files[0]}); kept as column(s)")
+
+
+def _schema_origin(schema: Any) -> str:
+    """Who wrote a record of *schema* (not :data:`SCHEMA`): a newer, an older or an unknown sslbench."""
+    if schema is None:
+        return "an sslbench that recorded no schema"
+    if isinstance(schema, bool):
+        return "an unknown program"
+    try:
+        number = float(schema)
+    except (TypeError, ValueError):
+        return "an unknown program"
+    if number != number:  # NaN: a table cell of a record without the field
+        return "an sslbench that recorded no schema"
+    if number > SCHEMA:
+        return "a newer sslbench"
+    if number < SCHEMA:
+        return "an older sslbench"
+    return "an sslbench that wrote its schema as text"  # "1", 1.0: the same format, spelt otherwise
 
 
 def _warn_missing(df: pd.DataFrame, warn: Warn) -> None:
@@ -303,15 +367,25 @@ def _warn_missing(df: pd.DataFrame, warn: Warn) -> None:
     absent = [c for c in expected if c not in df.columns]
     for column in absent:
         df[column] = float("nan")
+    schemas = df["schema"] if "schema" in df.columns else pd.Series(None, index=df.index, dtype=object)
+
+    def why(rows: pd.Series) -> str:
+        """Who wrote the lacking records, by their schema (a newer sslbench is not an older one)."""
+        origins = sorted({_schema_origin(v) if v != SCHEMA else "this sslbench" for v in schemas[rows]})
+        if origins == ["this sslbench"]:
+            return "incomplete record(s)"
+        return "written by " + " and ".join(o for o in origins if o != "this sslbench")
+
     if absent:
-        warn(f"no record has column(s) {', '.join(absent)} (older sslbench?); left empty")
-    gaps: dict[int, list[str]] = {}
+        warn(f"no record has column(s) {', '.join(absent)} ({why(done)}); left empty")
+    gaps: dict[tuple[int, str], list[str]] = {}
     for column in expected:
-        lacking = int((done & df[column].isna()).sum())
+        rows = done & df[column].isna()
+        lacking = int(rows.sum())
         if column not in absent and lacking and column != "timing.pretrain_img_per_s":  # None when cached
-            gaps.setdefault(lacking, []).append(column)
-    for lacking, columns in sorted(gaps.items()):
-        warn(f"{lacking} finished record(s) lack column(s) {', '.join(columns)} (older sslbench?); left empty")
+            gaps.setdefault((lacking, why(rows)), []).append(column)
+    for (lacking, reason), columns in sorted(gaps.items()):
+        warn(f"{lacking} finished record(s) lack column(s) {', '.join(columns)} ({reason}); left empty")
 
 
 def _record_dirs(path: Path) -> list[Path]:

@@ -27,6 +27,7 @@ from sslbench import distributed, environment
 from sslbench.atomic import read_json, write_json
 from sslbench.config import RunConfig
 from sslbench.data import TaskDataset
+from sslbench.errors import SSLBenchError
 from sslbench.phases import open_dataset
 from sslbench.pose import PoseTask
 from sslbench.registry import Registry, default_registry
@@ -56,8 +57,18 @@ def run_cell(
     run_dir = Path(workdir) / "cells" / cid
     result_path = run_dir / "result.json"
     if resume and result_path.exists():
-        console.print(f"[green]cell {cid} already finished[/]: {result_path}")
-        return read_json(result_path)
+        try:
+            record = read_json(result_path)
+            if not isinstance(record, dict) or record.get("cell_id") != cid:
+                raise SSLBenchError(f"{result_path}: not the result record of cell {cid}")
+        except SSLBenchError as exc:  # truncated or edited: recompute it from the run's checkpoints
+            console.print(f"[yellow]warning:[/] {exc}; computing the result again from the run directory "
+                          f"(sslbench run --fresh starts the cell over)", highlight=False, soft_wrap=True)  # fmt: skip
+            if distributed.is_main():
+                result_path.unlink(missing_ok=True)
+        else:
+            console.print(f"[green]cell {cid} already finished[/]: {result_path}")
+            return record
     if not resume:
         if distributed.is_main() and run_dir.exists():
             shutil.rmtree(run_dir)

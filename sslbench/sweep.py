@@ -47,7 +47,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
 from sslbench import strategies
-from sslbench.config import RunConfig, TrainSettings, config_hash, profile_config, set_path
+from sslbench.config import RunConfig, TrainSettings, check_setting, config_hash, profile_config, set_path, setting_types
 from sslbench.errors import ConfigError, SSLBenchError
 from sslbench.errors import did_you_mean as _hint
 from sslbench.joints import NUM_JOINTS
@@ -65,7 +65,7 @@ LOADER_WORKERS_ENV = "SSLBENCH_MAX_LOADER_WORKERS"
 SPEC_KEYS: dict[str, str] = {
     "name": "sweep name; results go to ./results/<name>/",
     "description": "free text",
-    "profile": "paper | cpu | smoke",
+    "profile": "paper | cpu | demo | smoke",
     "backbones": "backbone plugin names",
     "pretexts": "pretext plugin names (none: supervised)",
     "policies": "transfer policies, ':frozen' suffix freezes (none: supervised)",
@@ -224,6 +224,8 @@ def load_spec(path: Path | str) -> SweepSpec:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"sweep spec {path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"sweep spec {path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -318,34 +320,14 @@ def split_policy(text: str, where: str = "--policies") -> tuple[str, bool]:
 
 
 def _setting_types() -> dict[str, str]:
-    """Dotted setting path -> annotation text, for type checks of ``set`` values."""
-    types = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
-    for section in ("pretrain", "downstream"):
-        types.pop(section)
-        types.update({f"{section}.{f.name}": str(f.type) for f in dataclasses.fields(TrainSettings)})
-    return types
+    """Dotted setting path -> annotation text (see :func:`sslbench.config.setting_types`)."""
+    return setting_types()
 
 
-_TYPE_NAMES: dict[str, tuple[type, ...]] = {
-    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),),
-}  # fmt: skip
-
-
-def _apply_override(config: RunConfig, override: Override, types: dict[str, str]) -> RunConfig:
-    dotted = ".".join(override.path)
-    options = len(override.path) == 2 and override.path[0].endswith("_options")
-    if dotted not in types and not options:
-        raise ConfigError(f"{override.origin}: no such setting {dotted!r}.{_hint(dotted, types)}")
-    if dotted in types:
-        allowed = [_TYPE_NAMES.get(part.strip()) for part in types[dotted].split("|")]
-        if all(allowed):
-            kinds = tuple(t for group in allowed for t in group)  # type: ignore[union-attr]
-            value = override.value
-            wrong_bool = isinstance(value, bool) and bool not in kinds
-            if wrong_bool or not isinstance(value, kinds):
-                raise ConfigError(f"{override.origin}: {dotted} must be {types[dotted]}, got {value!r}")
+def _apply_override(config: RunConfig, override: Override, types: dict[str, str] | None = None) -> RunConfig:
+    check_setting(override.path, override.value, override.origin)  # the same check as `run --set`
     try:
-        return set_path(config, list(override.path), override.value)
+        return set_path(config, list(override.path), override.value, override.origin)
     except ConfigError as exc:
         raise ConfigError(f"{override.origin}: {exc}") from None
 
@@ -906,6 +888,9 @@ def _cell_process(cell: Cell, root: str, workdir: str, runner: Runner | None,
 class _Display:
     """The overall sweep progress line: done / running / failed / left and a time estimate."""
 
+    #: without a terminal (a log, a pipe, CI) a plain progress line is printed at least this often
+    LINE_EVERY_S = 60.0
+
     def __init__(self, progress: Progress, name: str, total: int, estimates: dict[str, float | None], workers: int) -> None:
         self.progress = progress
         self.estimates = estimates
@@ -913,16 +898,53 @@ class _Display:
         self.counts = collections.Counter()
         self.actual: dict[str, float] = {}
         self.task = progress.add_task(f"sweep {name}", total=total, status="")
+        self.name, self.total = name, total
+        self.started = time.perf_counter()
+        self._last_line: tuple[str, float] | None = None
+        self._estimated: tuple[int, float | None, float] | None = None
 
     def update(self, unfinished: Sequence[str], running: int) -> None:
         """*unfinished*: ids of the cells running or waiting; *running*: how many of them run."""
         c = self.counts
-        eta = self.eta(unfinished)
+        eta = self._countdown(self.eta(unfinished), len(unfinished))
         status = (
             f"done {c['done'] + c['skipped']} · running {running} · failed {c['failed']} · left {len(unfinished) - running}"
             + (f" · ~{format_seconds(eta)} left" if eta is not None else "")
         )
-        self.progress.update(self.task, completed=c["done"] + c["failed"] + c["skipped"] + c["busy"], status=status)
+        completed = c["done"] + c["failed"] + c["skipped"] + c["busy"]
+        self.progress.update(self.task, completed=completed, status=status)
+        if not self.progress.console.is_terminal:
+            self._plain_line(completed, running, len(unfinished) - running, eta)
+
+    def _countdown(self, eta: float | None, unfinished: int) -> float | None:
+        """*eta* as estimated when the last cell finished, less the time since (estimates change per cell)."""
+        now = time.perf_counter()
+        if self._estimated is None or self._estimated[0] != unfinished:
+            self._estimated = (unfinished, eta, now)
+        _, then, since = self._estimated
+        return None if then is None else max(0.0, then - (now - since))
+
+    def _plain_line(self, completed: int, running: int, waiting: int, eta: float | None) -> None:
+        """The progress as one plain line when it changed, else once a minute (rich draws no bar here)."""
+        c = self.counts
+        elapsed = time.perf_counter() - self.started
+        if not running + waiting:
+            guess = "nothing left"
+        elif eta is None:
+            guess = "time left unknown until a cell has finished"
+        else:
+            guess = f"~{format_seconds(eta)} left"
+        key = f"{completed}/{running}/{waiting}/{c['failed']}"
+        now = time.perf_counter()
+        if self._last_line is not None and self._last_line[0] == key and now - self._last_line[1] < self.LINE_EVERY_S:
+            return
+        self._last_line = (key, now)
+        self.progress.console.print(
+            f"sweep {self.name}: {completed}/{self.total} cells finished (done {c['done'] + c['skipped']}, failed "
+            f"{c['failed']}), {running} running, {waiting} waiting; {format_seconds(elapsed)} elapsed, {guess}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     def finish(self, cell_id: str, status: str, seconds: float) -> None:
         self.counts[status] += 1

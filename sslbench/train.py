@@ -68,6 +68,8 @@ LAST = "last"
 BEST = "best"
 #: an epoch has converged when its monitored value is within this fraction of the best
 CONVERGE_TOLERANCE = 0.01
+#: without a terminal (no progress bar), a long epoch prints a progress line this often (seconds)
+PLAIN_PROGRESS_S = 30.0
 
 
 # ---------------------------------------------------------------------------- results
@@ -812,6 +814,8 @@ def _train_epoch(
     count = 0
     started = time.perf_counter()
     last_refresh = 0.0
+    last_line = started
+    plain = writer and console is not None and not console.is_terminal  # a log or a pipe: no bar is drawn
     with _Bar(console, description, len(loader), enabled=writer) as bar:
         for step, batch in enumerate(loader):
             loss, n = train_step(net, task, batch, optimizer, device, settings, channels_last)
@@ -824,6 +828,14 @@ def _train_epoch(
                 bar.update(1, loss=float(loss_sum) / count, speed=count / max(now - started, 1e-9))
             else:
                 bar.update(1)
+            if plain and now - last_line >= PLAIN_PROGRESS_S and step < len(loader) - 1:
+                last_line = now
+                left = (now - started) / (step + 1) * (len(loader) - step - 1)
+                console.print(  # type: ignore[union-attr]
+                    f"{description}: step {step + 1}/{len(loader)}, train loss {float(loss_sum) / count:.4g}, "
+                    f"{count / (now - started):.1f} img/s, about {left:.0f} s left in this epoch",
+                    highlight=False,
+                )
     totals = torch.tensor([float(loss_sum), float(count)], dtype=torch.float64, device=device)
     if distributed():
         dist.all_reduce(totals)

@@ -290,3 +290,21 @@ def test_print_metrics_accepts_a_run_record(tmp_path):
     cli_model.print_metrics(console, record, title="supervised")
     text = console.export_text()
     assert "61.2" in text and "317.0" in text and "Ankle" in text and "60.7" in text
+
+
+def test_evaluate_caps_loader_workers_at_the_cores_with_a_warning(tiny_checkpoint, lsp_root, monkeypatch):
+    import sslbench.data
+
+    monkeypatch.setattr(sslbench.data, "available_cores", lambda: 2)
+    started = []
+    real = sslbench.data.DataLoader
+
+    def loader(*args, **kwargs):
+        started.append(kwargs.get("num_workers"))
+        return real(*args, **{**kwargs, "num_workers": 0})  # run in-process: the count is what is checked
+
+    monkeypatch.setattr(sslbench.data, "DataLoader", loader)
+    result = invoke("evaluate", "--checkpoint", tiny_checkpoint, "--data", "lsp", "--root", lsp_root, "--workers", "100")
+    assert result.exit_code == 0, result.output
+    assert "warning: --workers 100: this machine has 2 core(s)" in result.output
+    assert started and max(started) <= 2

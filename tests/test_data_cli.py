@@ -324,3 +324,35 @@ def test_known_lsp_hash_applies_only_to_the_official_url():
         zf.writestr("lsp_dataset/joints.mat", b"x")
     assert cli_data._strip_prefix(zipfile.ZipFile(archive).namelist()) == "lsp_dataset/"
     assert cli_data._strip_prefix(["images/im0001.jpg", "images/im0002.jpg"]) == ""
+
+
+def test_truncated_or_non_archive_download_names_the_url_not_the_temporary_file(tmp_path, http_server):
+    served, base = http_server
+    zip_dataset(make_lsp(tmp_path / "src", n=3), served / "lsp.zip")
+    truncate(served / "lsp.zip", 0.6)
+    source = tmp_path / "src2"
+    with tarfile.open(served / "lspet.tar.gz", "w:gz") as tar:
+        tar.add(make_lspet(source, n=3), arcname="lspet")
+    truncate(served / "lspet.tar.gz", 0.5)
+    (served / "page.zip").write_bytes(b"<html>moved</html>")
+    for name, dataset in (("lsp.zip", "lsp"), ("lspet.tar.gz", "lspet"), ("page.zip", "lsp")):
+        root = tmp_path / f"out-{name}"
+        result = run("data", "download", dataset, "--root", root, "--url", f"{base}/{name}")
+        assert_one_line_error(result, f"{base}/{name}")
+        assert ".download-" not in result.output and ".part" not in result.output, result.output
+        assert not root.exists()
+
+
+def test_verify_flags_an_image_whose_scan_data_was_zeroed(tmp_path):
+    root = make_lsp(tmp_path, n=6)
+    path = root / "images" / "im0002.jpg"
+    data = bytearray(path.read_bytes())
+    start = data.index(b"\xff\xda")  # start of scan: the header before it stays intact
+    start += 2 + int.from_bytes(data[start + 2 : start + 4], "big")
+    data[start:-2] = bytes(len(data) - 2 - start)
+    path.write_bytes(bytes(data))
+    result = run("data", "verify", "--data", "lsp", "--root", root)
+    lines = [line for line in result.output.splitlines() if "blank picture" in line]
+    assert len(lines) == 1 and "im0002" in lines[0] and "im0001" not in lines[0], result.output
+    assert cli_data.looks_blank(np.full((40, 40, 3), 128, dtype=np.uint8))
+    assert not cli_data.looks_blank(np.asarray(Image.open(root / "images" / "im0001.jpg").convert("RGB")))

@@ -675,3 +675,41 @@ def test_a_fixed_pretrain_seed_shares_one_pretraining_across_seeds(tmp_path: Pat
     per_seed = {cell.pretrain_key for cell in plan.cells if cell.pretrain_key}
     shared = plan_of(tmp_path, registry, SPEC.replace("[set]\n", "[set]\npretrain_seed = 0\n"))
     assert len({cell.pretrain_key for cell in shared.cells if cell.pretrain_key}) == len(per_seed) // 2
+
+
+def test_sweep_prints_plain_progress_lines_with_cells_left_and_an_eta_without_a_terminal(tmp_path, registry):
+    import io
+
+    from rich.console import Console
+
+    cells = plan_of(tmp_path, registry).cells
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=200)
+    run_sweep(cells, tmp_path / "res", tmp_path / "runs", CountingRunner(), console=console, name="t")
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("sweep t: ")]
+    total = len(cells)
+    assert lines[0].startswith(f"sweep t: 0/{total} cells finished") and "time left unknown" in lines[0]
+    assert any(f"1/{total} cells finished" in line and "left" in line and "~" in line for line in lines)
+    assert lines[-1].startswith(f"sweep t: {total}/{total} cells finished (done {total}, failed 0), 0 running, 0 waiting")
+    assert lines[-1].endswith("elapsed, nothing left")
+
+
+def test_demo_spec_compares_three_seeds_of_two_strategies_at_the_demo_profile():
+    from sslbench.config import PROFILES
+
+    from sslbench.strategies import label
+
+    registry = default_registry_for_demo()
+    plan = expand(load_spec(Path(__file__).parent.parent / "benchmarks" / "demo.toml"), registry)
+    rows = {cell.cell_id: label(cell.config, registry) for cell in plan.cells}
+    assert sorted(set(rows.values())) == ["jigsaw-heatmap/first+middle", "supervised"]
+    for row in set(rows.values()):
+        assert sorted(c.config.seed for c in plan.cells if rows[c.cell_id] == row) == [0, 1, 2]
+    assert {cell.config.profile for cell in plan.cells} == {"demo"} and "demo" in PROFILES
+    assert {cell.config.data for cell in plan.cells} == {"synthetic"}  # no downloads
+
+
+def default_registry_for_demo():
+    from sslbench.registry import default_registry
+
+    return default_registry()

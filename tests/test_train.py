@@ -507,3 +507,16 @@ def test_loader_worker_outlives_a_sigterm_to_the_process_group():
 def test_fit_result_round_trips_through_dict():
     result = FitResult(best_epoch=2, best_metrics={"a": 1.0}, epochs_run=3, converge_epoch=2, history=[{"epoch": 1}])
     assert FitResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+
+
+def test_a_long_epoch_prints_progress_lines_when_there_is_no_terminal(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "PLAIN_PROGRESS_S", 0.0)  # every step counts as "a while"
+    task = RegressionTask(scores=[1.0, 2.0])
+    train_set, val_set = datasets(task)
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=200)
+    fit(TinyNet(num_outputs=2), task, train_set, val_set, settings(epochs=1, batch_size=2), tmp_path, seed=0,
+        label="pretext x", console=console)  # fmt: skip
+    lines = [line for line in out.getvalue().splitlines() if ": step " in line]
+    assert lines and lines[0].startswith("pretext x epoch 1/1: step 1/4, train loss")
+    assert "img/s" in lines[0] and "left in this epoch" in lines[0]
