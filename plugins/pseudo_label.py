@@ -25,7 +25,7 @@ ground-truth box): PCK@0.2 of the kept joints and the share kept (``strategy_met
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ from sslbench.train import FitResult, finished, resolve_device
 
 def predict_joints(
     model: Backbone, images: ImageDataset, indices: list[int], crop: float, passes: int, device: torch.device,
-    batch: int = 32,
+    batch: int = 32, progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Joints (N, 14, 2) in original pixels and heatmap peaks (N, 14) of *images* at *indices*.
 
@@ -76,6 +76,8 @@ def predict_joints(
                 boxes = [person_box(j) for j in joints]
             joints_out.append(joints)
             scores_out.append(scores)
+            if progress is not None:
+                progress(start + len(chunk), len(indices))
     finally:
         model.train(was_training)
     return np.concatenate(joints_out), np.concatenate(scores_out)
@@ -136,7 +138,8 @@ class PseudoLabel(SemiSupervised):
         if stored is not None and {k: stored.get(k) for k in made_by} != made_by:
             stored = None  # labelled another way (the threshold only filters, it is applied below)
         if stored is None:
-            xy, peaks = predict_joints(teacher, pool, indices, o["crop"], o["passes"], device)
+            xy, peaks = predict_joints(teacher, pool, indices, o["crop"], o["passes"], device,
+                                       progress=self._progress_lines(cell, f"pseudo-labelling round {round_}"))  # fmt: skip
             stored = {
                 "threshold": o["threshold"], "crop": o["crop"], "passes": o["passes"], "round": round_,
                 "images": [{"index": int(i), "image": pool.image_id(i),
@@ -163,6 +166,19 @@ class PseudoLabel(SemiSupervised):
         cell.metrics[f"round{round_}.images_kept"] = len(kept)
         cell.metrics[f"round{round_}.joints_kept"] = float(np.mean(counts)) / 14
         return kept
+
+    @staticmethod
+    def _progress_lines(cell: Cell, what: str, every_s: float = 30.0) -> Callable[[int, int], None]:
+        """A callback printing ``what: done/total images`` at most every *every_s* seconds, and at the end."""
+        last = [time.perf_counter()]
+
+        def report(done: int, total: int) -> None:
+            now = time.perf_counter()
+            if now - last[0] >= every_s or done == total:
+                last[0] = now
+                cell.console.print(f"{what}: {done}/{total} images", highlight=False)
+
+        return report
 
     def _score_on_validation(self, cell: Cell, teacher: Backbone, o: dict[str, Any], device: torch.device, round_: int) -> None:
         """PCK@0.2 of the labeller's kept joints on the labelled validation images (whole images, no box)."""

@@ -318,3 +318,17 @@ def test_peak_targets_put_a_labelled_style_gaussian_where_the_easy_view_sees_a_c
     assert torch.allclose(target[0, :5], easy[0, :5], atol=1e-4) and weight[0, 5].item() == 0 and weight[0, -1].item() == 0
     mirrored, _ = task._peak_targets(easy, theta, torch.tensor([True]), order, confident[:, order[:NUM_JOINTS]])
     assert torch.allclose(mirrored[0, FLIP_INDEX[0]], easy[0, 0], atol=1e-4)  # channels swapped
+
+
+def test_pseudo_labelling_says_how_far_it_is():
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from sslbench_plugins.pseudo_label import PseudoLabel
+
+    console = Console(record=True, width=100)
+    report = PseudoLabel._progress_lines(SimpleNamespace(console=console), "pseudo-labelling round 1", every_s=0.0)
+    report(32, 96)
+    report(96, 96)
+    assert console.export_text().splitlines() == ["pseudo-labelling round 1: 32/96 images", "pseudo-labelling round 1: 96/96 images"]
