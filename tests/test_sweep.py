@@ -713,3 +713,17 @@ def default_registry_for_demo():
     from sslbench.registry import default_registry
 
     return default_registry()
+
+
+@pytest.mark.parametrize("spelling, frozen", [("first:freeze", True), ("first:frozen", True), ("first:fine-tune", False), ("first", False)])
+def test_sweep_policies_accept_every_spelling_run_accepts(spelling: str, frozen: bool, registry: Registry) -> None:
+    from sslbench.transfer import parse_policy
+
+    assert sslbench.sweep.split_policy(spelling) == parse_policy(spelling) == ("first", frozen)
+    plan = expand(SweepSpec(pretexts=["rotation"], policies=[spelling]), registry)
+    assert {cell.config.freeze for cell in plan.cells} == {frozen}
+
+
+def test_a_sweep_policy_of_an_unknown_mode_names_the_option(registry: Registry) -> None:
+    with pytest.raises(ConfigError, match=r"--policies: 'first:melted': unknown mode 'melted'"):
+        sslbench.sweep.split_policy("first:melted")
