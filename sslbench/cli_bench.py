@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from sslbench.config import RunConfig, parse_assignment, profile_config, set_path
+from sslbench.config import RunConfig, parse_assignment, set_path
+from sslbench.profiles import profile_config
 
 
 def bench_config(profile: str, backbone: str | None, batch_size: int | None, device: str | None,

@@ -8,7 +8,8 @@ from typing import Any
 import click
 from rich.console import Console
 
-from sslbench.config import RunConfig, apply_overrides, parse_assignment, profile_config, set_path
+from sslbench.config import RunConfig, apply_overrides, parse_assignment, set_path
+from sslbench.profiles import profile_config
 from sslbench.transfer import parse_policy
 
 
@@ -125,14 +126,12 @@ def run_command(workdir: Path, results_dir: Path, fresh: bool, skip_bad: bool, *
     cell together (DistributedDataParallel); rank 0 prints and writes the result.
     """
     from sslbench import distributed
+    from sslbench.atomic import check_writable
+    from sslbench.cli import one_line
+    from sslbench.cli_model import print_metrics
+    from sslbench.errors import DataError
     from sslbench.results import ResultsStore, write_record
     from sslbench.runner import run_cell
-    from sslbench.cli_model import print_metrics
-
-    from sslbench.atomic import check_writable
-
-    from sslbench.cli import one_line
-    from sslbench.errors import DataError
 
     console = Console()
     if skip_bad:

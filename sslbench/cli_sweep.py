@@ -195,8 +195,15 @@ def sweep_command(spec_path: Path | None, results_dir: Path | None, workdir: Pat
 
         sslbench sweep benchmarks/example-synthetic.toml --dry-run
     """
-    from sslbench.sweep import (Estimator, cached_pretrainings, expand, parse_shard, run_sweep, shard_cells,
-                                worker_threads)  # fmt: skip
+    from sslbench.sweep import (
+        Estimator,
+        cached_pretrainings,
+        expand,
+        parse_shard,
+        run_sweep,
+        shard_cells,
+        worker_threads,  # fmt: skip
+    )
 
     console, err = Console(), Console(stderr=True)
     shard_of = parse_shard(shard) if shard else None

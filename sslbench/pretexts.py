@@ -24,7 +24,6 @@ from sslbench.errors import ConfigError, DataError
 from sslbench.interfaces import Geometry, Metric, Pretext
 from sslbench.pipeline import centre_map_tensor, centre_square, crop_matrix, warp
 
-
 # ---------------------------------------------------------------------------- options
 
 

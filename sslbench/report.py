@@ -29,10 +29,11 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from sslbench.config import at_later_default, canonical_options, profile_config
+from sslbench.config import at_later_default, canonical_options
 from sslbench.errors import ConfigError
 from sslbench.errors import did_you_mean as _hint
 from sslbench.joints import PARTS
+from sslbench.profiles import profile_config
 
 BASELINE = "supervised"
 PART_NAMES: tuple[str, ...] = (*PARTS, "Mean")

@@ -37,20 +37,21 @@ import re
 import statistics
 import sys
 import time
-import tomllib
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import tomllib
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
 from sslbench import strategies
-from sslbench.config import RunConfig, TrainSettings, check_setting, config_hash, profile_config, set_path, setting_types
+from sslbench.config import RunConfig, TrainSettings, check_setting, config_hash, set_path, setting_types
 from sslbench.errors import ConfigError, SSLBenchError
 from sslbench.errors import did_you_mean as _hint
 from sslbench.joints import NUM_JOINTS
+from sslbench.profiles import profile_config
 from sslbench.registry import Registry
 from sslbench.results import SCHEMA, ResultsStore, Warn, iter_records
 from sslbench.transfer import parse_policy

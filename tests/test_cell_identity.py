@@ -10,8 +10,9 @@ import pytest
 
 from sslbench import runner
 from sslbench.cli_run import build_config
-from sslbench.config import RunConfig, profile_config
+from sslbench.config import RunConfig
 from sslbench.phases import pretext_cache_dir
+from sslbench.profiles import profile_config
 from sslbench.registry import default_registry
 from sslbench.strategies import label
 from sslbench.sweep import SweepSpec, expand

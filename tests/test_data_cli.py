@@ -17,9 +17,9 @@ import pytest
 import scipy.io
 import torch
 from click.testing import CliRunner
+from conftest import make_folder, make_lsp, make_lspet, truncate
 from PIL import Image
 
-from conftest import make_folder, make_lsp, make_lspet, truncate
 from sslbench import cli_data
 from sslbench.cli import main
 from sslbench.hookspecs import hookimpl

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from conftest import make_folder, make_lsp, make_lspet, truncate
 from PIL import Image, ImageFile
 
-from conftest import make_folder, make_lsp, make_lspet, truncate
 from sslbench.errors import ConfigError, DataError
 from sslbench.imageio import DataWarning, ImageCache, read_image, unlabelled_val_count
 from sslbench.registry import Registry

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from sslbench import distributed
-from sslbench.config import profile_config, set_path
+from sslbench.config import set_path
 from sslbench.errors import ConfigError
+from sslbench.profiles import profile_config
 from sslbench.results import write_record
 from sslbench.runner import run_cell
 from sslbench.train import read_jsonl

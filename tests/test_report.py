@@ -15,9 +15,10 @@ from click.testing import CliRunner
 from PIL import Image
 from scipy import stats
 
-from sslbench.config import RunConfig, profile_config
+from sslbench.config import RunConfig
 from sslbench.errors import ConfigError
 from sslbench.joints import JOINT_NAMES, PARTS
+from sslbench.profiles import profile_config
 from sslbench.report import (
     build_report,
     compute_hours,

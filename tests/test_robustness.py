@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from torch import nn
-
 from test_checkpoint import TinyNet, TinyPlugin
 from test_report import make_record
+from torch import nn
+
 from sslbench.checkpoint import build_model, load_checkpoint, load_weights, save_checkpoint
 from sslbench.cli import main
 from sslbench.errors import CheckpointError

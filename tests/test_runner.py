@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from sslbench import runner, strategies
 from sslbench.checkpoint import load_checkpoint
 from sslbench.cli import main
-from sslbench.config import LATER_FIELDS, RunConfig, config_hash, profile_config, set_path
+from sslbench.config import LATER_FIELDS, RunConfig, config_hash, set_path
 from sslbench.errors import ConfigError
+from sslbench.profiles import profile_config
 from sslbench.runner import run_cell
 from sslbench.train import resolve_precision
 from sslbench_plugins.synthetic import RENDER_VERSION

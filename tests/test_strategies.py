@@ -13,9 +13,10 @@ import torch
 from click.testing import CliRunner
 
 from sslbench.cli import main
-from sslbench.config import RunConfig, profile_config, set_path
+from sslbench.config import RunConfig, set_path
 from sslbench.errors import ConfigError
 from sslbench.phases import build_backbone
+from sslbench.profiles import profile_config
 from sslbench.registry import default_registry
 from sslbench.runner import run_cell
 from sslbench.semi import MaskedPoseTask

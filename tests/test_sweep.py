@@ -695,8 +695,7 @@ def test_sweep_prints_plain_progress_lines_with_cells_left_and_an_eta_without_a_
 
 
 def test_demo_spec_compares_three_seeds_of_two_strategies_at_the_demo_profile():
-    from sslbench.config import PROFILES
-
+    from sslbench.profiles import PROFILES
     from sslbench.strategies import label
 
     registry = default_registry_for_demo()
