@@ -333,3 +333,16 @@ def test_pseudo_labelling_says_how_far_it_is():
     report(32, 96)
     report(96, 96)
     assert console.export_text().splitlines() == ["pseudo-labelling round 1: 32/96 images", "pseudo-labelling round 1: 96/96 images"]
+
+
+def test_unlabelled_views_leave_the_batchnorm_running_statistics_alone():
+    from sslbench_plugins.consistency import running_statistics_kept
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    net(torch.randn(8, 3, 8, 8))
+    before = net[1].running_mean.clone(), net[1].running_var.clone()
+    with running_statistics_kept(net):
+        out = net(torch.randn(8, 3, 8, 8) * 5 + 3)
+    assert torch.equal(net[1].running_mean, before[0]) and torch.equal(net[1].running_var, before[1])
+    assert abs(float(out.detach().mean())) < 1e-4  # still normalised with the batch's own statistics
+    assert net[1].momentum == 0.1
