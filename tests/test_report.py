@@ -361,3 +361,19 @@ def test_semi_supervised_rows_pair_with_supervised_and_their_own_phases_count_as
     assert hours["strategy"] == pytest.approx(3.0) and hours["downstream"] == pytest.approx(3.0)
     assert "1.5 h strategies' own phases" not in render(report, "markdown")
     assert "3.0 h strategies' own phases (teachers, pseudo-labelling)" in render(report, "markdown")
+
+
+def test_a_strategy_option_only_other_cells_set_does_not_name_a_row(tmp_path: Path):
+    out = tmp_path / "semi"
+    for seed in (0, 1):
+        write_record(out, make_record(tmp_path, "supervised", seed, 50.0))
+        for strategy, options, pck in (("consistency", {}, 51.0), ("consistency", {"weight": 0.0}, 50.0),
+                                       ("pseudo-label", {"threshold": 0.35}, 49.0)):  # fmt: skip
+            record = make_record(tmp_path, "supervised", seed, pck)
+            config = RunConfig.from_dict({**record["config"], "strategy": strategy, "unlabelled_data": "lspet",
+                                          "strategy_options": options})  # fmt: skip
+            record.update(cell_id=config.cell_id, config=config.to_dict(), strategy=strategy)
+            write_record(out, record)
+    rows = set(build_report(load_results(out, warn=lambda message: None)).summary["row"])
+    assert rows == {"supervised", "consistency", "consistency [strategy_options.weight=0.0]",
+                    "pseudo-label [strategy_options.threshold=0.35]"}
