@@ -63,6 +63,17 @@ def map_affine(easy: np.ndarray, hard: np.ndarray, stride: int, map_size: int) -
     return (normalise @ pixels @ np.linalg.inv(normalise))[:2].astype(np.float32)
 
 
+def easy_to_hard(points: torch.Tensor, theta: torch.Tensor, map_size: int) -> torch.Tensor:
+    """Easy-map pixel positions (B, K, 2) moved onto the hard view's map through the inverse of
+    *theta* (B, 2, 3, :func:`map_affine`), computed in the points' dtype."""
+    scale = 2.0 / max(1, map_size - 1)
+    theta = theta.to(points.dtype)
+    normalised = torch.cat([points * scale - 1, torch.ones_like(points[..., :1])], dim=-1)  # (B, K, 3)
+    bottom = torch.tensor([0.0, 0.0, 1.0], dtype=theta.dtype, device=theta.device).expand(len(theta), 1, 3)
+    to_hard = torch.linalg.inv(torch.cat([theta, bottom], dim=1))
+    return ((to_hard[:, None] @ normalised[..., None])[..., :2, 0] + 1) / scale
+
+
 class PairedTaskDataset(TaskDataset):
     """Labelled pose samples, each with an unlabelled image's easy and hard views (``u_*`` keys)."""
 
@@ -156,13 +167,9 @@ class ConsistencyTask(PoseTask):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pose targets drawn at the easy view's peaks, moved into the hard view: a Gaussian of peak 1 per
         confident joint, as a labelled target; unconfident joints (and then the background) weigh 0."""
-        b, _, m, _ = easy.shape
+        m = easy.shape[-1]
         coords, _ = decode_maps(easy[:, :NUM_JOINTS])  # (B, K, 2) easy-map pixels
-        scale = 2.0 / max(1, m - 1)
-        easy_norm = torch.cat([coords * scale - 1, torch.ones_like(coords[..., :1])], dim=-1)  # (B, K, 3)
-        to_easy = torch.cat([theta, torch.tensor([0.0, 0.0, 1.0], device=theta.device).expand(b, 1, 3)], dim=1)
-        hard = (torch.linalg.inv(to_easy)[:, None] @ easy_norm[..., None])[..., :2, 0]  # (B, K, 2) normalised
-        hard = (hard + 1) / scale
+        hard = easy_to_hard(coords, theta, m)
         hard = torch.where(flipped[:, None, None], hard[:, order[:NUM_JOINTS]], hard)
         grid = torch.arange(m, dtype=hard.dtype, device=hard.device)
         gx = torch.exp(-((grid[None, None, :] - hard[..., :1]) ** 2) / (2 * self.sigma**2))  # (B, K, m)
@@ -182,14 +189,10 @@ class ConsistencyTask(PoseTask):
         m, size = easy.shape[-1], hard.shape[-1]
         stride = size // m
         half = max(1, round(self.options["cutout_size"] * size / 2))
-        for b in chosen.tolist():
-            flat = int(easy[b, int(cut[b])].argmax())
-            u = torch.tensor([flat % m, flat // m, 1.0], dtype=torch.float64) * torch.tensor([2 / max(1, m - 1)] * 2 + [1.0])
-            u[:2] -= 1  # easy-map pixel -> normalised
-            to_easy = torch.cat([theta[b].double().cpu(), torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)])
-            hx, hy, _ = (torch.linalg.inv(to_easy) @ u).tolist()  # normalised hard-map position
-            x = ((hx + 1) * (m - 1) / 2) * stride + (stride - 1) / 2
-            y = ((hy + 1) * (m - 1) / 2) * stride + (stride - 1) / 2
+        flat = easy[chosen, cut[chosen]].flatten(1).argmax(dim=1).cpu()
+        peaks = torch.stack([flat % m, flat // m], dim=1).double()[:, None]  # (N, 1, 2) easy-map pixels
+        centres = easy_to_hard(peaks, theta[chosen].cpu(), m)[:, 0] * stride + (stride - 1) / 2  # hard input pixels
+        for b, (x, y) in zip(chosen.tolist(), centres.tolist()):
             x0, y0 = int(round(x)) - half, int(round(y)) - half
             hard[b, :, max(0, y0) : max(0, y0 + 2 * half), max(0, x0) : max(0, x0 + 2 * half)] = 0.0
         return hard

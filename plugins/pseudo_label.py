@@ -102,7 +102,6 @@ class PseudoLabel(SemiSupervised):
 
     def train(self, cell: Cell, model: Backbone) -> FitResult:
         o = self.options(cell.config)
-        started = time.perf_counter()
         reused = finished(cell.shared_labelled_dir())
         teacher_fit = cell.fit_labelled(model, "teacher", shared=True)  # the supervised (or transfer) cell's run
         # like a cached pretraining, a teacher trained by another cell costs this one nothing
@@ -122,7 +121,6 @@ class PseudoLabel(SemiSupervised):
             teacher = student
         cell.timings["pseudo_label_s"] = labelling_s
         model.load_state_dict(teacher.state_dict())
-        cell.metrics["wall_s"] = time.perf_counter() - started
         return fitted
 
     # -- pseudo-labels -------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 from sslbench.data import TaskDataset
 from sslbench.errors import ConfigError
 from sslbench.interfaces import Geometry, ImageDataset, SampleKey
-from sslbench.joints import NUM_JOINTS
+from sslbench.joints import FLIP_INDEX
 from sslbench.pipeline import centre_square
 from sslbench.pose import PoseTask
 
@@ -49,8 +49,6 @@ class MaskedPoseTask(PoseTask):
         sample = super().make_sample(image, joints, key, train, geometry)
         known = torch.isfinite(sample["joints"][:, :2]).all(dim=1).float()
         if bool(sample["flip"]):  # channels follow the mirrored joint order
-            from sslbench.joints import FLIP_INDEX
-
             known = known[list(FLIP_INDEX)]
         background = known.min().reshape(1)
         sample["weight"] = torch.cat([known, background])
@@ -157,9 +155,3 @@ class MixedTaskDataset(TaskDataset):
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, _UNLABELLED_WORD]))
         chosen = rng.choice(len(self.unlabelled_indices), size=self.per_epoch, replace=False)
         return self.labelled_indices + [self.unlabelled_indices[i] for i in sorted(chosen)]
-
-
-def nan_joints() -> np.ndarray:
-    """(14, 3) of unknown joints."""
-    joints = np.full((NUM_JOINTS, 3), np.nan, dtype=np.float32)
-    return joints

@@ -193,6 +193,10 @@ def test_the_map_affine_moves_a_point_of_the_easy_view_onto_the_hard_view():
     normalised = hard_map * 2 / 3 - 1
     onto_easy = theta[:, :2] @ normalised + theta[:, 2]
     assert np.allclose((onto_easy + 1) * 3 / 2, easy_map, atol=1e-4)
+    from sslbench_plugins.consistency import easy_to_hard
+
+    back = easy_to_hard(torch.tensor(easy_map)[None, None], torch.from_numpy(theta)[None], map_size=4)
+    assert np.allclose(back[0, 0].numpy(), hard_map, atol=1e-4)  # and the way back
 
 
 @pytest.mark.slow
