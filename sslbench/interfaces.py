@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sslbench.errors import ConfigError
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -135,6 +137,55 @@ class Backbone(nn.Module, ABC):
     def map_size(self) -> int:
         return self.input_size // self.stride
 
+    # -- feature maps --------------------------------------------------------------------
+    def features(self, image: torch.Tensor, group: str, centermap: torch.Tensor | None = None) -> torch.Tensor:
+        """The feature map layer group *group* hands on: the output of its last module, (B, C, h, w).
+
+        What a pretext's own head (a projection for joint embedding, a decoder) or a linear
+        probe reads, for any backbone: CPM ``stage1`` (512 channels at stride 8), ``middle``
+        (the 128-channel trunk), ``stage2``..; timm ``stem``, ``blocks`` (the deepest
+        features), ``head``. The forward pass stops there, so later layers cost nothing and
+        get no gradient. A backbone may override this with a direct computation.
+        """
+        module = self.get_submodule(self.layer_group(group).modules[-1])
+
+        def capture(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+            raise _FeatureMap(output)
+
+        handle = module.register_forward_hook(capture)
+        try:
+            self(image, centermap)
+        except _FeatureMap as reached:
+            return reached.output
+        finally:
+            handle.remove()
+        raise RuntimeError(f"backbone {self.config()['name']}: forward never ran layer group {group!r}")
+
+    def feature_shape(self, group: str) -> tuple[int, int]:
+        """``(channels, stride)`` of :meth:`features` for *group*, from one small forward pass."""
+        size = self.input_size
+        parameter = next(self.parameters())
+        image = torch.zeros(1, 3, size, size, device=parameter.device, dtype=parameter.dtype)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                output = self.features(image, group)
+        finally:
+            self.train(was_training)
+        return output.shape[1], size // output.shape[-1]
+
+    def layer_group(self, name: str) -> LayerGroup:
+        """The layer group called *name*; a :class:`~sslbench.errors.ConfigError` naming the others if none is."""
+        groups = self.layer_groups()
+        for group in groups:
+            if group.name == name:
+                return group
+        raise ConfigError(
+            f"backbone {self.config()['name']} has no layer group {name!r}; "
+            f"its groups are {', '.join(g.name for g in groups)}"
+        )
+
     # -- freezing ----------------------------------------------------------------------
     def freeze(self, module_paths: list[str]) -> None:
         """Stop gradients into these submodules and keep them in eval mode (no statistics drift)."""
@@ -159,11 +210,17 @@ class Backbone(nn.Module, ABC):
         """Module path -> learning-rate multiplier; other parameters train at the plain rate."""
         return dict(self._lr_scales)
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
         for path in self._frozen:
             self.get_submodule(path).eval()
         return self
+
+
+class _FeatureMap(Exception):
+    def __init__(self, output: torch.Tensor) -> None:
+        super().__init__()
+        self.output = output
 
 
 class TransferPolicy(ABC):

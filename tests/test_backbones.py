@@ -368,3 +368,47 @@ def test_backbones_are_registered_through_entry_points() -> None:
         assert entries[name].provider == "sslbench (sslbench_plugins.cpm)"
     for name in ("timm", "timm-resnet18", "timm-resnet50", "timm-hrnet_w18_small"):
         assert entries[name].provider == "sslbench (sslbench_plugins.timm_backbone)"
+
+
+# ----------------------------------------------------------------------------- feature maps
+
+
+@pytest.mark.parametrize(
+    ("group", "channels", "module"),
+    [("stage1", 64, "stage1.features"), ("middle", 16, "middle"), ("stage3", 16, "stage3.refine")],
+)
+def test_cpm_features_are_the_output_of_the_groups_last_module(group: str, channels: int, module: str) -> None:
+    torch.manual_seed(0)
+    model = CPM(num_outputs=5, stages=3, **TINY).eval()
+    image = torch.randn(2, 3, 64, 64)
+    seen: list[torch.Tensor] = []
+    handle = model.get_submodule(module).register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        model(image)
+        features = model.features(image, group)
+    handle.remove()
+    assert features.shape == (2, channels, 8, 8)
+    assert torch.equal(features, seen[0])
+    assert model.feature_shape(group) == (channels, 8)
+
+
+def test_features_stop_the_forward_pass_so_later_layers_get_no_gradient() -> None:
+    model = CPM(num_outputs=5, stages=3, **TINY)
+    model.features(torch.randn(1, 3, 64, 64), "middle").sum().backward()
+    assert model.middle[0].weight.grad is not None
+    assert all(p.grad is None for p in model.stage2.parameters())
+    assert all(p.grad is None for p in model.stage1.parameters())  # stage1 ran, but middle does not read it
+
+
+def test_timm_blocks_features_are_the_deepest_trunk_map() -> None:
+    model = TimmPose(15, model="resnet18", input_size=64, width=0.125).eval()
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.features(image, "blocks"), model.trunk(image)[-1])
+    assert model.feature_shape("blocks") == (512, 32)
+    assert model.train().feature_shape("stem") == (64, 2) and model.training
+
+
+def test_an_unknown_layer_group_names_the_groups_there_are() -> None:
+    with pytest.raises(ConfigError, match="no layer group 'trunk'; its groups are stage1, middle, stage2"):
+        CPM(num_outputs=5, stages=2, **TINY).features(torch.randn(1, 3, 64, 64), "trunk")
