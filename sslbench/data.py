@@ -89,7 +89,9 @@ class TaskDataset(Dataset):
         index = self._active[position]
         key = SampleKey(self.seed, index, self.epoch if self.train else 0)
         joints = self.images.joints(index) if self.task.needs_labels else None
-        sample = self.task.make_sample(self.images.image(index), joints, key, self.train, self.geometry)
+        # the person box and PCK scale of datasets that have them (ImageDataset.annotation)
+        annotation = self.images.annotation(index) if self.task.needs_labels else {}
+        sample = self.task.make_sample(self.images.image(index), joints, key, self.train, self.geometry, **annotation)
         sample["index"] = index
         return sample
 

@@ -37,7 +37,11 @@ column                          meaning
 ``train_size``                  the labelled budget: training images drawn for the cell (the whole pool
                                 when ``config.train_size`` is empty), in done and failed records alike
 ``seed``                        run seed (training budget subset, initialisation, augmentation)
-``pck@0.2`` ``pck@0.1``         test PCK at 0.2 / 0.1 x torso size, all 14 joints
+``pck@0.2`` ``pck@0.1``         test PCK at 0.2 / 0.1 x torso size, all 14 joints (other skeletons: all
+                                their labelled joints, x their normaliser: MPII head size, COCO box side)
+``pckh@0.5``                    MPII: PCKh@0.5, every joint but pelvis and thorax (head-normalised skeletons)
+``oks.*``                       COCO-format data: pycocotools' keypoint AP and AR (``oks.ap``, ``oks.ap50``,
+                                ``oks.ap75``, ``oks.ap_medium``, ``oks.ap_large``, ``oks.ar``, ...), in percent
 ``auc@0.2``                     area under the PCK curve for thresholds 0..0.2
 ``val_pck@0.2``                 validation PCK@0.2 of the selected (best) epoch
 ``test_loss``                   test loss of the selected checkpoint
@@ -45,9 +49,10 @@ column                          meaning
 ``best_epoch``                  epoch selected on validation
 ``converge_epoch``              epoch after which validation stopped improving (the report's "converge epochs")
 ``epochs_run``                  downstream epochs actually trained (early stopping ends sooner)
-``joint.<name>``                test PCK@0.2 of one joint (``joint.r_ankle`` ... ``joint.head_top``)
+``joint.<name>``                test PCK@0.2 of one joint (``joint.r_ankle`` ... ``joint.head_top``; the
+                                dataset skeleton's joint names, in its order)
 ``part.<Part>``                 test PCK@0.2 per part, left and right averaged: Head, Shoulder, Elbow,
-                                Wrist, Hip, Knee, Ankle, and Mean
+                                Wrist, Hip, Knee, Ankle, and Mean (the skeleton's parts, in its order)
 ``pretext.<name>``              held-out metrics of the pretext task (e.g. ``pretext.loss``,
                                 ``pretext.tile_acc`` of jigsaw-heatmap); empty for supervised cells
 ``strategy_metrics.<name>``     a strategy's own diagnostics (pseudo-label accuracy, collapse)
@@ -297,7 +302,8 @@ def _column_order(columns: Iterable[str]) -> list[str]:
     for prefix in groups:
         found = [c for c in rest if c.startswith(prefix)]
         order = known.get(prefix, [])
-        ordered += sorted(found, key=lambda c: (order.index(c) if c in order else len(order), c))
+        # LSP's joints and parts in LSP order, another skeleton's in its records' order
+        ordered += sorted(found, key=lambda c: (order.index(c) if c in order else len(order), found.index(c)))
     return ordered + [c for c in last if c in rest]
 
 

@@ -33,6 +33,7 @@ from sslbench.interfaces import Backbone, Geometry, ImageDataset, Splits, Strate
 from sslbench.phases import build_backbone, open_dataset, pretrain, train_and_val
 from sslbench.pose import PoseTask
 from sslbench.registry import Registry
+from sslbench.skeleton import LSP
 from sslbench.train import FitResult, fit
 from sslbench.transfer import transfer
 
@@ -137,6 +138,13 @@ class SemiSupervised(Strategy):
 
     def label(self, config: Any) -> str:
         return f"{transfer_label(config)} + {self.name}" if config.policy != "none" else self.name
+
+    def require_lsp_skeleton(self, cell: Cell) -> None:
+        """The first-party semi-supervised strategies handle LSP's 14 joints only (their flips, cut-outs
+        and labeller scores assume it): a ConfigError for a dataset of another skeleton."""
+        if cell.data.skeleton != LSP:
+            raise ConfigError(f"strategy {self.name} handles LSP's 14 joints only so far; --data {cell.config.data} "
+                              f"has skeleton {cell.data.skeleton.name} ({cell.data.skeleton.num_joints} joints)")  # fmt: skip
 
 
 def require_unlabelled(config: RunConfig, strategy: str) -> None:
