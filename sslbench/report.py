@@ -145,7 +145,7 @@ def _distinguishing(df: pd.DataFrame) -> list[str]:
     supervised = df["strategy"] == BASELINE
     keys = []
     for column in sorted(c for c in df.columns if c.startswith("config.")):
-        if column in _NOT_DISTINGUISHING or column.endswith((".num_workers", ".device")):
+        if column in _NOT_DISTINGUISHING or column.endswith((".num_workers", ".device", ".tensorboard")):
             continue
         values = df.loc[~supervised, column] if _not_supervised(column) else df[column]
         if values.map(_hashable).nunique(dropna=False) > 1:

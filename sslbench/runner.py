@@ -32,6 +32,7 @@ from sslbench.phases import open_dataset
 from sslbench.registry import Registry, default_registry
 from sslbench.results import SCHEMA
 from sslbench.semi import pose_task_for
+from sslbench.skeleton import LSP
 from sslbench.strategies import Cell, strategy_of
 from sslbench.train import evaluate, resolve_device, resolve_precision
 
@@ -120,6 +121,9 @@ def run_cell(
         "seed": config.seed,
         "train_size": len(splits.train),  # the budget (the whole pool when None), not a per-epoch cap
         "metrics": pose_metrics(test_metrics, fitted),
+        # another skeleton than LSP's: its joint and part order (records sort per_joint by name)
+        **({"skeleton": {"name": pose.skeleton.name, "joints": list(pose.skeleton.joints),
+                         "parts": list(pose.skeleton.part_names)}} if pose.skeleton != LSP else {}),  # fmt: skip
         "pretext_metrics": pretrained["metrics"] if pretrained else {},
         **({"strategy_metrics": cell.metrics} if cell.metrics else {}),
         "timing": {
