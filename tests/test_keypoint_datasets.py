@@ -283,3 +283,103 @@ def test_a_smoke_run_on_coco_records_oks_and_its_skeleton_columns(coco_root, tmp
     assert list((tmp_path / "runs" / "cells").glob("*/downstream/events.out.tfevents.*"))
     report = run("report", tmp_path / "res", "--format", "markdown")
     assert report.exit_code == 0 and "Shoulder" in report.output, report.output
+
+
+# ----------------------------------------------------------------------------- transfer, curves
+
+
+def _tiny_cpm(num_outputs: int):
+    from sslbench.registry import default_registry
+
+    torch.manual_seed(0)
+    return default_registry().create("backbone", "cpm6", "--backbone", num_outputs=num_outputs, input_size=32, width=0.0625)
+
+
+@pytest.mark.slow
+def test_a_coco_pose_network_transfers_into_an_lsp_one_but_its_adapters(coco_root, lsp_root, tmp_path, one_thread):
+    """17 + 1 maps to 14 + 1: every layer group is copied, only the task adapters differ (and train afresh)."""
+    from sslbench.config import TrainSettings
+    from sslbench.registry import default_registry
+    from sslbench.train import evaluate, fit
+    from sslbench.transfer import transfer
+    from sslbench_plugins.lsp import LSP as LSPDataset
+
+    settings = TrainSettings(epochs=1, batch_size=8, num_workers=0, device="cpu", precision="fp32", tensorboard=False)
+    coco = COCOKeypoints.create(root=coco_root)
+    source = _tiny_cpm(pose_task_for(coco).num_outputs)
+    geometry = Geometry(source.input_size, source.stride)
+    task = pose_task_for(coco)
+    fit(source, task, TaskDataset(coco, range(16), task, geometry, 0, True), TaskDataset(coco, range(16, 20), task, geometry, 0, False),
+        settings, tmp_path / "coco-fit", seed=0)  # fmt: skip
+    lsp = LSPDataset.create(root=lsp_root)
+    target = _tiny_cpm(PoseTask().num_outputs)
+    report = transfer(source.state_dict(), target, default_registry().create("policy", "all", "--policy"), freeze=False)
+    assert report.transferred_parameters == report.total_parameters - sum(a.parameters for a in report.adapters)
+    adapters, fresh = tuple(target.adapters()), _tiny_cpm(PoseTask().num_outputs).state_dict()
+    for name, value in target.state_dict().items():
+        if name.startswith(adapters):  # the fresh initialisation (shapes of 15 maps, not 18)
+            assert torch.equal(value, fresh[name]), name
+        else:
+            assert torch.equal(value, source.state_dict()[name]), name
+    pose = PoseTask()
+    metrics = evaluate(target, pose, TaskDataset(lsp, range(8), pose, geometry, 0, False), settings)
+    assert len([k for k in metrics if k.startswith("joint.")]) == 14
+
+
+def _tiny_fit(root: Path, run_dir: Path, **settings):
+    from sslbench.config import TrainSettings
+    from sslbench.train import fit
+
+    data = COCOKeypoints.create(root=root)
+    task = pose_task_for(data)
+    model = _tiny_cpm(task.num_outputs)
+    geometry = Geometry(model.input_size, model.stride)
+    train_settings = TrainSettings(**{"epochs": 2, "batch_size": 8, "num_workers": 0, "device": "cpu", "precision": "fp32", **settings})
+    fit(model, task, TaskDataset(data, range(8), task, geometry, 0, True), TaskDataset(data, range(8, 12), task, geometry, 0, False),
+        train_settings, run_dir, seed=0)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_fit_writes_tensorboard_curves_beside_metrics_jsonl_unless_turned_off(coco_root, tmp_path, one_thread):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _tiny_fit(coco_root, tmp_path / "on")
+    lines = [json.loads(line) for line in (tmp_path / "on" / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(tmp_path / "on")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "lr", "throughput/images_per_s", "val/pck@0.2", "val/oks.ap", "val/loss"} <= tags
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([r["train_loss"] for r in lines])
+    assert [e.value for e in events.Scalars("val/pck@0.2")] == pytest.approx([r["val.pck@0.2"] for r in lines])
+
+    _tiny_fit(coco_root, tmp_path / "off", tensorboard=False)
+    assert (tmp_path / "off" / "metrics.jsonl").is_file() and not list((tmp_path / "off").glob("events.out.tfevents.*"))
+
+
+def test_the_tensorboard_setting_is_not_part_of_cell_ids_or_pretext_keys():
+    from sslbench.config import RunConfig, TrainSettings, config_hash
+
+    on = RunConfig(pretext="rotation", policy="all")
+    off = RunConfig(pretext="rotation", policy="all", pretrain=TrainSettings(tensorboard=False),
+                    downstream=TrainSettings(tensorboard=False))  # fmt: skip
+    assert on.cell_id == off.cell_id and config_hash(on.pretext_key()) == config_hash(off.pretext_key())
+
+
+def test_without_tensorboard_installed_a_run_says_so_once_and_trains_on(monkeypatch, tmp_path):
+    import builtins
+
+    from sslbench import live_curves
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name == "torch.utils.tensorboard":
+            raise ImportError("TensorBoard logging requires TensorBoard version 1.15 or above")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    monkeypatch.setattr(live_curves, "_warned", False)
+    with pytest.warns(UserWarning, match=r"tensorboard is not installed.*sslbench\[tensorboard\]"):
+        curves = live_curves.TrainingCurves(tmp_path, enabled=True)
+    curves.add_epoch({"epoch": 1, "train_loss": 1.0})
+    assert curves.writer is None and not list(tmp_path.iterdir())
