@@ -63,7 +63,9 @@ def _load(path: Path) -> dict[str, Any]:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except ValueError as exc:
         raise DataError(f"{path}: not JSON ({exc})") from None
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
+    ):
         raise DataError(f"{path}: not a COCO annotation file (needs lists 'images', 'annotations', 'categories')")
     return data
 
@@ -81,8 +83,12 @@ def skeleton_of(category: dict[str, Any], where: str) -> Skeleton:
     count = len(names)
     limbs = []
     for limb in category.get("skeleton") or []:
-        if not (isinstance(limb, list) and len(limb) == 2 and all(isinstance(j, int) and 1 <= j <= count for j in limb)):
-            raise DataError(f"{where}: skeleton limb {limb!r} names a joint outside 1-{count} ({count} keypoints, 1-based)")
+        if not (
+            isinstance(limb, list) and len(limb) == 2 and all(isinstance(j, int) and 1 <= j <= count for j in limb)
+        ):
+            raise DataError(
+                f"{where}: skeleton limb {limb!r} names a joint outside 1-{count} ({count} keypoints, 1-based)"
+            )
         limbs.append((limb[0] - 1, limb[1] - 1))
     position = {n.lower(): i for i, n in enumerate(names)}
     pairs = []
@@ -124,7 +130,9 @@ def read_instances(path: Path, images_dir: Path, skeleton: Skeleton | None) -> t
     index, category = keypointed[0]
     found = skeleton_of(category, f"{path}: categories[{index}] ({category.get('name')!r})")
     if skeleton is not None and found.joints != skeleton.joints:
-        raise DataError(f"{path}: categories[{index}] has keypoints {list(found.joints)}, the other files {list(skeleton.joints)}")
+        raise DataError(
+            f"{path}: categories[{index}] has keypoints {list(found.joints)}, the other files {list(skeleton.joints)}"
+        )
     count = found.num_joints
     files = {}
     for i, image in enumerate(data["images"]):
@@ -138,7 +146,9 @@ def read_instances(path: Path, images_dir: Path, skeleton: Skeleton | None) -> t
         if not isinstance(ann, dict) or ann.get("category_id") in plain and "keypoints" not in ann:
             continue  # a box of another category
         if ann.get("category_id") != category.get("id"):
-            raise DataError(f"{where}: category_id {ann.get('category_id')!r} is not the keypoint category {category.get('id')!r}")
+            raise DataError(
+                f"{where}: category_id {ann.get('category_id')!r} is not the keypoint category {category.get('id')!r}"
+            )
         values = ann.get("keypoints")
         if not isinstance(values, list) or len(values) != 3 * count:
             got = len(values) if isinstance(values, list) else type(values).__name__
@@ -175,7 +185,9 @@ class COCOKeypoints(InstanceDataset):
         root = require_root(root, self.name)
         images_dir = root / "images"
         if not images_dir.is_dir():
-            raise DataError(f"{images_dir}: image folder not found (coco expects images/ and annotations.json or train.json + val.json)")
+            raise DataError(
+                f"{images_dir}: image folder not found (coco expects images/ and annotations.json or train.json + val.json)"
+            )
         single = root / "annotations.json"
         named = [root / f"{part}.json" for part in ("train", "val", "test")]
         if single.is_file():

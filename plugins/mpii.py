@@ -90,7 +90,9 @@ def person(rect: Any, image_path: Path, name: str, where: str) -> Instance | Non
     for point in _items(points):
         joint = _number(getattr(point, "id", None))
         if joint is None or not 0 <= joint < MPII_SKELETON.num_joints or joint != int(joint):
-            raise DataError(f"{where}: point id {getattr(point, 'id', None)!r} is not a joint (0-{MPII_SKELETON.num_joints - 1})")
+            raise DataError(
+                f"{where}: point id {getattr(point, 'id', None)!r} is not a joint (0-{MPII_SKELETON.num_joints - 1})"
+            )
         visible = _number(getattr(point, "is_visible", None))
         joints[int(joint)] = (_number(point.x), _number(point.y), 0.0 if visible == 0 else 1.0)
     if not np.isfinite(joints[:, :2]).any():

@@ -30,10 +30,10 @@ from sslbench.errors import CheckpointError, ConfigError, DataError, SSLBenchErr
 from sslbench.imageio import read_image
 from sslbench.interfaces import Backbone, Geometry
 from sslbench.pose import PoseTask, decode_joints
+from sslbench.registry import Registry, default_registry
 from sslbench.report import part_names
 from sslbench.semi import MaskedPoseTask
 from sslbench.skeleton import LSP, Skeleton
-from sslbench.registry import Registry, default_registry
 from sslbench.train import autocast_context, batch_to_device, evaluate, prepare_model, resolve_device
 
 #: files picked up from a directory given to ``predict`` (subfolders are not searched)

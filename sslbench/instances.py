@@ -12,9 +12,10 @@ Splits never cut an image: :func:`split_images` holds out whole images (all thei
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -1,7 +1,7 @@
 """Live training curves: each fit's per-epoch record as TensorBoard scalars beside its ``metrics.jsonl``.
 
 :func:`sslbench.train.fit` writes, through ``torch.utils.tensorboard``, into its own run directory
-(``runs/cells/<id>/downstream``, ``runs/pretext/<pretext>-<hash>``, a teacher's or student's
+(``runs/cells/<id>/downstream``, ``runs/pretext/<pretext>-<hash>/run``, a teacher's or student's
 directory), so every phase is a TensorBoard run of its own and ``tensorboard --logdir runs/``
 shows a sweep's cells side by side while they train. Scalars, by epoch: ``train/loss``, ``lr``,
 ``throughput/images_per_s``, ``time/epoch_s`` and every numeric validation metric as ``val/<name>``.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -49,7 +49,9 @@ def oks_metrics(
             "area": float(areas[n]), "bbox": [*map(float, low), *map(float, high - low)],
         })  # fmt: skip
         points = np.column_stack([predicted[n], scores[n]]).ravel().tolist()
-        detections.append({"image_id": image_id, "category_id": 1, "keypoints": points, "score": float(scores[n].mean())})
+        detections.append(
+            {"image_id": image_id, "category_id": 1, "keypoints": points, "score": float(scores[n].mean())}
+        )
     if not annotations:
         return {name: float("nan") for name in STAT_NAMES}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
@@ -62,4 +64,6 @@ def oks_metrics(
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
-    return {name: float(value) * 100.0 if value >= 0 else float("nan") for name, value in zip(STAT_NAMES, evaluation.stats)}
+    return {
+        name: float(value) * 100.0 if value >= 0 else float("nan") for name, value in zip(STAT_NAMES, evaluation.stats)
+    }

@@ -281,8 +281,11 @@ class PoseMetric(Metric):
 
     ``compute()`` returns (percentages on a 0-100 scale):
 
-    - ``pck@0.2``, ``pck@0.1``: PCK over all joints of all images (torso = ground-truth
-      left shoulder to right hip);
+    - ``pck@0.2``, ``pck@0.1``: PCK over all joints of all images, normalised as the skeleton says
+      (LSP: torso = ground-truth left shoulder to right hip; others by the samples' ``scale``);
+      unknown (NaN) joints are not scored;
+    - ``pckh@0.5`` (head-normalised skeletons, MPII) and ``oks.*`` (skeletons with OKS sigmas, COCO:
+      pycocotools' keypoint AP/AR, :mod:`sslbench.oks`);
     - ``auc@0.2``: area under PCK(t) for t in [0, 0.2] (41 thresholds, trapezoid),
       normalised to 0-100;
     - ``joint.<name>``: PCK@0.2 per joint; ``part.<Part>``: per part (left/right averaged)

@@ -32,7 +32,7 @@ from sslbench.phases import open_dataset
 from sslbench.registry import Registry, default_registry
 from sslbench.results import SCHEMA
 from sslbench.semi import pose_task_for
-from sslbench.skeleton import LSP
+from sslbench.skeleton import LSP, Skeleton
 from sslbench.strategies import Cell, strategy_of
 from sslbench.train import evaluate, resolve_device, resolve_precision
 
@@ -121,9 +121,7 @@ def run_cell(
         "seed": config.seed,
         "train_size": len(splits.train),  # the budget (the whole pool when None), not a per-epoch cap
         "metrics": pose_metrics(test_metrics, fitted),
-        # another skeleton than LSP's: its joint and part order (records sort per_joint by name)
-        **({"skeleton": {"name": pose.skeleton.name, "joints": list(pose.skeleton.joints),
-                         "parts": list(pose.skeleton.part_names)}} if pose.skeleton != LSP else {}),  # fmt: skip
+        **skeleton_of_record(pose.skeleton),
         "pretext_metrics": pretrained["metrics"] if pretrained else {},
         **({"strategy_metrics": cell.metrics} if cell.metrics else {}),
         "timing": {
@@ -147,6 +145,14 @@ def run_cell(
     if distributed.is_main():
         write_json(result_path, record)
     return record
+
+
+def skeleton_of_record(skeleton: Skeleton) -> dict[str, Any]:
+    """A record's ``skeleton`` (name, joint and part order: its JSON sorts ``per_joint`` by name), for
+    skeletons other than LSP's; records of LSP cells have none, as before skeletons were data."""
+    if skeleton == LSP:
+        return {}
+    return {"skeleton": {"name": skeleton.name, "joints": list(skeleton.joints), "parts": list(skeleton.part_names)}}
 
 
 def pose_metrics(test: dict[str, float], fitted: Any) -> dict[str, Any]:

@@ -67,7 +67,9 @@ class Skeleton:
         for what, members in named:
             bad = [j for j in members if not 0 <= int(j) < count]
             if bad:
-                raise DataError(f"{where}: {what} {tuple(members)} names joint {bad[0]}, but there are {count} joints (0-{count - 1})")
+                raise DataError(
+                    f"{where}: {what} {tuple(members)} names joint {bad[0]}, but there are {count} joints (0-{count - 1})"
+                )
         if self.normalise not in NORMALISERS:
             raise DataError(f"{where}: normalise must be one of {', '.join(NORMALISERS)}, got {self.normalise!r}")
         if (self.normalise == "torso") != (self.torso is not None):
@@ -123,7 +125,9 @@ class Skeleton:
                 sigmas=tuple(float(s) for s in data["sigmas"]) if data.get("sigmas") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"skeleton {data.get('name', '?') if isinstance(data, dict) else data!r}: invalid ({exc})") from None
+            raise DataError(
+                f"skeleton {data.get('name', '?') if isinstance(data, dict) else data!r}: invalid ({exc})"
+            ) from None
 
 
 #: Leeds Sports Pose: 14 joints, PCK normalised by the torso (left shoulder to right hip)

@@ -19,7 +19,7 @@ from sslbench.cli import main
 from sslbench.data import TaskDataset
 from sslbench.errors import DataError
 from sslbench.interfaces import Geometry, SampleKey
-from sslbench.metrics import normalisers, per_part, pck, skeleton_metrics
+from sslbench.metrics import normalisers, pck, per_part, skeleton_metrics
 from sslbench.oks import oks_metrics
 from sslbench.pipeline import Augment
 from sslbench.pose import PoseTask
@@ -70,7 +70,9 @@ def test_coco_people_are_cropped_by_their_boxes_with_unlabelled_joints_unknown(c
     document = json.loads((coco_root / "annotations.json").read_text())
     assert len(data) == len(document["annotations"]) == 24 and data.unknown_joints
     assert data.skeleton.joints == COCO_KEYPOINTS and data.skeleton.num_joints == 17
-    assert ("left_eye", "right_eye") in [(data.skeleton.joints[a], data.skeleton.joints[b]) for a, b in data.skeleton.flip_pairs]
+    assert ("left_eye", "right_eye") in [
+        (data.skeleton.joints[a], data.skeleton.joints[b]) for a, b in data.skeleton.flip_pairs
+    ]
     assert len(data.skeleton.flip_pairs) == 8 and data.skeleton.part_names[:3] == ("Nose", "Eye", "Ear")
     assert data.skeleton.limbs[0] == (15, 13)  # COCO's [16, 14], 1-based
     assert data.skeleton.sigmas is not None and data.skeleton.sigmas[0] == pytest.approx(0.026)
@@ -101,7 +103,9 @@ def test_coco_splits_keep_pictures_together_and_separate_files_are_their_splits(
     splits = separate.splits("standard", None, 0)
     val_people = len(json.loads((separate.root / "val.json").read_text())["annotations"])
     assert splits.test == list(range(len(separate) - val_people, len(separate)))  # val.json is the test split
-    assert splits.val and not {separate.instances[i].path for i in splits.val} & {separate.instances[i].path for i in splits.train}
+    assert splits.val and not {separate.instances[i].path for i in splits.val} & {
+        separate.instances[i].path for i in splits.train
+    }
 
 
 def _edit(root: Path, change) -> Path:
@@ -116,7 +120,10 @@ def _edit(root: Path, change) -> Path:
     "change, fragments",
     [
         (lambda d: d["categories"][0].pop("keypoints"), ["categories[0]", "'person'", "no 'keypoints'"]),
-        (lambda d: d["annotations"][3].update(keypoints=[1.0] * 48), ["annotations[3]", "id 201", "48 values", "expected 51"]),
+        (
+            lambda d: d["annotations"][3].update(keypoints=[1.0] * 48),
+            ["annotations[3]", "id 201", "48 values", "expected 51"],
+        ),
         (lambda d: d["annotations"][5].update(image_id=999), ["annotations[5]", "image_id 999", "not in 'images'"]),
         (lambda d: d["categories"][0]["skeleton"].append([3, 18]), ["categories[0]", "[3, 18]", "1-17"]),
         (lambda d: d["categories"][0].update(sigmas=[0.1] * 3), ["categories[0]", "'sigmas'", "(17)"]),
@@ -265,16 +272,32 @@ def test_data_verify_and_preview_work_on_both(tmp_path, maker, name):
 
 @pytest.mark.slow
 def test_a_smoke_run_on_coco_records_oks_and_its_skeleton_columns(coco_root, tmp_path):
+    """Rotation pretraining on the person crops of the same files (keypoints ignored), transferred, then pose."""
     from sslbench.results import load_results
 
     result = run("run", "--profile", "smoke", "--data", "coco", "--root", coco_root, "--train-size", "8",
+                 "--pretext", "rotation", "--policy", "first+middle", "--pretext-data", "coco", "--pretext-root", coco_root,
                  "--set", "downstream.epochs=1", "--workdir", tmp_path / "runs", "--results", tmp_path / "res")  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert list((tmp_path / "runs" / "pretext").glob("rotation-*/run/events.out.tfevents.*"))  # a TensorBoard run of its own
     (path,) = (tmp_path / "res" / "cells").glob("*.json")
     metrics = json.loads(path.read_text())["metrics"]
     record = json.loads(path.read_text())
-    assert sorted(metrics["per_joint"]) == sorted(COCO_KEYPOINTS) and record["skeleton"]["joints"] == list(COCO_KEYPOINTS)
-    assert record["skeleton"]["parts"] == ["Nose", "Eye", "Ear", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "Mean"]
+    assert sorted(metrics["per_joint"]) == sorted(COCO_KEYPOINTS) and record["skeleton"]["joints"] == list(
+        COCO_KEYPOINTS
+    )
+    assert record["skeleton"]["parts"] == [
+        "Nose",
+        "Eye",
+        "Ear",
+        "Shoulder",
+        "Elbow",
+        "Wrist",
+        "Hip",
+        "Knee",
+        "Ankle",
+        "Mean",
+    ]
     assert 0.0 <= metrics["oks.ap"] <= 100.0 and 0.0 <= metrics["pck@0.2"] <= 100.0
     table = load_results(tmp_path / "res")
     assert [c for c in table.columns if c.startswith("part.")][:3] == ["part.Nose", "part.Eye", "part.Ear"]
@@ -292,7 +315,9 @@ def _tiny_cpm(num_outputs: int):
     from sslbench.registry import default_registry
 
     torch.manual_seed(0)
-    return default_registry().create("backbone", "cpm6", "--backbone", num_outputs=num_outputs, input_size=32, width=0.0625)
+    return default_registry().create(
+        "backbone", "cpm6", "--backbone", num_outputs=num_outputs, input_size=32, width=0.0625
+    )
 
 
 @pytest.mark.slow
@@ -334,7 +359,9 @@ def _tiny_fit(root: Path, run_dir: Path, **settings):
     task = pose_task_for(data)
     model = _tiny_cpm(task.num_outputs)
     geometry = Geometry(model.input_size, model.stride)
-    train_settings = TrainSettings(**{"epochs": 2, "batch_size": 8, "num_workers": 0, "device": "cpu", "precision": "fp32", **settings})
+    train_settings = TrainSettings(
+        **{"epochs": 2, "batch_size": 8, "num_workers": 0, "device": "cpu", "precision": "fp32", **settings}
+    )
     fit(model, task, TaskDataset(data, range(8), task, geometry, 0, True), TaskDataset(data, range(8, 12), task, geometry, 0, False),
         train_settings, run_dir, seed=0)  # fmt: skip
 
