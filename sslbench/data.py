@@ -160,7 +160,7 @@ def make_loader(
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=base_seed, drop_last=False)
         sampler.set_epoch(epoch)
         shuffle = False
-    # a parallel sweep (sslbench.sweep, --workers N) caps loader processes per cell: no oversubscribed cores
+    # a parallel sweep (sslbench.experiment.executor, --workers N) caps loader processes per cell: no oversubscribed cores
     workers = min(settings.num_workers, int(os.environ.get("SSLBENCH_MAX_LOADER_WORKERS", settings.num_workers)))
     workers = min(workers, available_cores())  # more processes than cores only compete for them
     preload = getattr(dataset.images, "preload", None)
