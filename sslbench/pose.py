@@ -191,6 +191,9 @@ class PoseTask(Task):
             raise DataError(f"pose joints must have shape ({count}, 3) for skeleton {self.skeleton.name}, got {joints.shape}")
         if box is None and not np.isfinite(joints[:, :2]).any():
             raise DataError(f"image {key.index}: no joint has a finite position")
+        # the dataset's PCK normaliser and OKS area, before "scale" names the augmentation's zoom
+        extras = {name: torch.tensor(float(value), dtype=torch.float64) for name, value in
+                  (("scale", scale), ("area", area)) if value is not None}  # fmt: skip
         size, stride = geometry.input_size, geometry.stride
         centre, side = person_box(joints, self.margin) if box is None else box_square(*box, margin=self.margin)
         rotation, scale, flip = 0.0, 1.0, False
@@ -210,8 +213,6 @@ class PoseTask(Task):
         target = with_background(gaussian_maps(map_xy, geometry.map_size, self.sigma, present=inside))
 
         input_joints = np.concatenate([input_xy, visible[:, None]], axis=1).astype(np.float32)
-        extras = {name: torch.tensor(float(value), dtype=torch.float64) for name, value in
-                  (("scale", scale), ("area", area)) if value is not None}  # fmt: skip
         return {
             **extras,
             "image": to_tensor(crop),

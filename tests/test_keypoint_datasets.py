@@ -54,6 +54,15 @@ def test_lsp_skeleton_spells_the_old_constants():
     assert PoseTask().config() == PoseTask(skeleton=LSP).config() and "skeleton" not in PoseTask().config()
 
 
+def test_lsp_samples_have_the_keys_they_always_had(lsp_root):
+    from sslbench_plugins.lsp import LSP as LSPDataset
+
+    data = LSPDataset.create(root=lsp_root)
+    sample = TaskDataset(data, [0], PoseTask(), GEOMETRY, seed=0, train=True)[0]
+    assert data.annotation(0) == {} and data.skeleton is LSP
+    assert set(sample) == {"image", "centermap", "target", "matrix", "flip", "joints", "input_joints", "index"}
+
+
 def test_a_skeleton_naming_an_out_of_range_joint_is_a_one_line_error():
     with pytest.raises(DataError) as excinfo:
         Skeleton("mine", ("a", "b", "c"), flip_pairs=((0, 3),), normalise="box")
@@ -248,6 +257,10 @@ def test_the_coco_pose_metric_scores_perfect_maps_fully(coco_root):
     assert isinstance(task, MaskedPoseTask) and task.num_outputs == 18
     samples = TaskDataset(data, list(range(8)), task, GEOMETRY, seed=0, train=False)
     batch = default_collate([samples[i] for i in range(len(samples))])
+    augmented = TaskDataset(data, list(range(8)), task, GEOMETRY, seed=0, train=True)
+    for sample in (batch, default_collate([augmented[i] for i in range(8)])):  # the box side, whatever the zoom
+        assert sample["scale"].tolist() == [data.annotation(i)["scale"] for i in range(8)]
+        assert sample["area"].tolist() == [data.annotation(i)["area"] for i in range(8)]
     metric = task.new_metric()
     metric.update([batch["target"].float()], batch)
     result = metric.compute()
