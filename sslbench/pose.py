@@ -82,8 +82,8 @@ class PoseTask(Task):
     joints both get a target, because LSP annotates the position of all 14 joints
     (occluded ones included) and PCK scores all 14; joints pushed outside the input by
     augmentation get an all-zero map (unknown joints, NaN, too: datasets that have them
-    train :class:`sslbench.semi.MaskedPoseTask`, which leaves them out of the loss). The background map is ``1 - max`` over the joint
-    maps, as in CPM.
+    train :class:`sslbench.semi.MaskedPoseTask`, which leaves them out of the loss). The
+    background map is ``1 - max`` over the joint maps, as in CPM.
 
     ``loss_scale`` chooses how the loss the optimiser sees is scaled:
 
