@@ -101,6 +101,7 @@ def print_metrics(console: Console, metrics: dict[str, Any], title: str = "pose 
     console.print(f"[bold]{title}[/]", highlight=False, soft_wrap=True)
     headline = Table()
     columns = [("PCK@0.2", "pck@0.2", 1), ("PCK@0.1", "pck@0.1", 1), ("AUC@0.2", "auc@0.2", 1)]
+    columns += [("PCKh@0.5", "pckh@0.5", 1), ("OKS AP", "oks.ap", 1), ("OKS AR", "oks.ar", 1)]  # MPII, COCO format
     loss_key = "loss" if "loss" in flat else "test_loss"
     columns += [("loss", loss_key, 4), ("report loss", "report_loss", 1)]
     shown = [(label, key, digits) for label, key, digits in columns if key in flat]

@@ -317,6 +317,12 @@ def test_a_smoke_run_on_coco_records_oks_and_its_skeleton_columns(coco_root, tmp
     assert [c for c in table.columns if c.startswith("joint.")] == [f"joint.{n}" for n in COCO_KEYPOINTS]
     assert table["skeleton"].tolist() == ["coco"]
     assert list((tmp_path / "runs" / "cells").glob("*/downstream/events.out.tfevents.*"))
+    (best,) = (tmp_path / "runs" / "cells").glob("*/downstream/best.json")
+    scored = run("evaluate", "--checkpoint", best, "--data", "coco", "--root", coco_root, "--json", tmp_path / "eval.json")
+    assert scored.exit_code == 0 and "OKS AP" in scored.output, scored.output
+    assert json.loads((tmp_path / "eval.json").read_text())["metrics"]["oks.ap"] == pytest.approx(metrics["oks.ap"])
+    refused = run("evaluate", "--checkpoint", best, "--data", "mpii", "--root", make_mpii(tmp_path))
+    assert refused.exit_code == 2 and "skeleton mpii" in refused.output and "Traceback" not in refused.output
     report = run("report", tmp_path / "res", "--format", "markdown")
     assert report.exit_code == 0 and "Shoulder" in report.output, report.output
 
