@@ -71,6 +71,7 @@ LATER_FIELDS: dict[str, Any] = {
     "strategy_options": {},
     "unlabelled_data": None,
     "unlabelled_root": None,
+    "unlabelled_data_options": {},
 }
 
 
@@ -127,6 +128,8 @@ class RunConfig:
     #: unlabelled images used during pose training (semi-supervised strategies)
     unlabelled_data: str | None = None
     unlabelled_root: str | None = None
+    #: options of that dataset plugin (e.g. ``{"seed": 1}``: synthetic people other than the labelled ones)
+    unlabelled_data_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def strategy_name(self) -> str:
@@ -169,7 +172,7 @@ class RunConfig:
         return config_hash(self.identity())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         data = copy.deepcopy(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)

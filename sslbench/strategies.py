@@ -155,6 +155,15 @@ def require_unlabelled(config: RunConfig, strategy: str) -> None:
         )
 
 
+def same_images(a: ImageDataset, b: ImageDataset) -> bool:
+    """Whether two datasets hold the same images: their descriptions agree but for name, labels and count
+    (``lsp`` twice on one folder; ``synthetic`` and ``synthetic-unlabelled`` with one render seed)."""
+    ignored = ("name", "labelled", "size")
+    return {k: v for k, v in a.describe().items() if k not in ignored} == {
+        k: v for k, v in b.describe().items() if k not in ignored
+    }
+
+
 @dataclass
 class Cell:
     """One cell as a strategy sees it: its config, labelled data and splits, pose task and files."""
@@ -216,12 +225,14 @@ class Cell:
         training split (held-out images are never used). An LSP pool may not hold the test images."""
         c = self.config
         require_unlabelled(c, c.strategy_name)
-        if c.unlabelled_data == c.data and c.protocol != "report":
+        pool = open_dataset(self.registry, c.unlabelled_data, c.unlabelled_root, c.unlabelled_data_options,
+                            "--unlabelled-data")  # fmt: skip
+        if c.protocol != "report" and same_images(pool, self.data):
             raise ConfigError(
                 f"--unlabelled-data {c.unlabelled_data} is the labelled dataset itself: its test images "
-                "would be trained on (use a separate pool such as lspet)"
+                "would be trained on (use a separate pool such as lspet, or other synthetic people: "
+                "--set unlabelled_data_options.seed=1)"
             )
-        pool = open_dataset(self.registry, c.unlabelled_data, c.unlabelled_root, {}, "--unlabelled-data")
         test_files = {Path(self.data.paths[i]).resolve() for i in self.splits.test} if hasattr(self.data, "paths") else set()
         overlap = test_files & {Path(p).resolve() for p in getattr(pool, "paths", [])}
         if overlap:
@@ -268,5 +279,6 @@ class Cell:
         """This cell's config as the strategy its initialisation implies (supervised, or transfer):
         the same start, trained on the labelled budget only."""
         c = self.config
-        fields = {**c.to_dict(), "strategy": None, "strategy_options": {}, "unlabelled_data": None, "unlabelled_root": None}
+        unlabelled = {"unlabelled_data": None, "unlabelled_root": None, "unlabelled_data_options": {}}
+        fields = {**c.to_dict(), "strategy": None, "strategy_options": {}, **unlabelled}
         return RunConfig.from_dict(fields)

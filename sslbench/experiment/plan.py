@@ -194,7 +194,7 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
         if not trains[pretext] or freeze:  # transfer_lr scales fine-tuned transferred layers; these have none
             unused.append("transfer_lr")
         if not strategy.uses_unlabelled:
-            unused += ["unlabelled_data", "unlabelled_root"]
+            unused += ["unlabelled_data", "unlabelled_root", "unlabelled_data_options"]
         fields.update({key: profile_fields[key] for key in unused})
         config = RunConfig.from_dict(fields)
         try:
