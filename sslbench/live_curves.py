@@ -29,6 +29,10 @@ MISSING = (
 _warned = False
 
 
+class CurvesWarning(UserWarning):
+    """Live curves cannot be written (the command line shows it as one ``warning:`` line)."""
+
+
 def _summary_writer() -> Any:
     """``torch.utils.tensorboard.SummaryWriter``, or None (with one warning per process) without tensorboard."""
     global _warned
@@ -36,7 +40,7 @@ def _summary_writer() -> Any:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         if not _warned:
-            warnings.warn(MISSING, stacklevel=3)
+            warnings.warn(MISSING, CurvesWarning, stacklevel=3)
             _warned = True
         return None
     return SummaryWriter
