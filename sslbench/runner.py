@@ -29,8 +29,8 @@ from sslbench.config import RunConfig
 from sslbench.data import TaskDataset
 from sslbench.errors import SSLBenchError
 from sslbench.phases import open_dataset
+from sslbench.records import SCHEMA
 from sslbench.registry import Registry, default_registry
-from sslbench.results import SCHEMA
 from sslbench.semi import pose_task_for
 from sslbench.skeleton import LSP, Skeleton
 from sslbench.strategies import Cell, strategy_of

@@ -28,7 +28,8 @@ from sslbench.config import RunConfig
 from sslbench.errors import ConfigError
 from sslbench.experiment.estimate import format_seconds
 from sslbench.experiment.plan import Cell
-from sslbench.results import SCHEMA, ResultsStore, Warn
+from sslbench.records import SCHEMA, Warn
+from sslbench.results import ResultsStore
 
 #: a runner trains one cell and returns its result record (see :func:`sslbench.runner.run_cell`)
 Runner = Callable[..., dict]
