@@ -46,7 +46,7 @@ def matched_keys(keys: torch.Tensor, affine: torch.Tensor, input_size: int) -> t
 
     Returns ``(B, D, h, w)`` sampled keys and a ``(B, h, w)`` bool mask.
     """
-    batch, _, height, width = keys.shape
+    height, width = keys.shape[-2:]
     centres = cell_centres(height, width, input_size / width, keys.device)
     landed = torch.einsum("bij,hwj->bhwi", affine.float(), centres)[..., :2]  # view-1 input pixels
     normalised = (2 * landed + 1) / input_size - 1  # grid_sample's convention without corner alignment

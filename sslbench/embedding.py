@@ -90,7 +90,9 @@ class TwoViews:
     def __init__(self, size: int, min_scale: float, cj_strength: float) -> None:
         self.size = size
         self.min_scale = min_scale
-        lightly_view = SimCLRViewTransform(input_size=size, min_scale=min_scale, cj_strength=cj_strength, normalize=None)
+        lightly_view = SimCLRViewTransform(
+            input_size=size, min_scale=min_scale, cj_strength=cj_strength, normalize=None
+        )
         # lightly's photometric steps; its crop and flip are drawn here, where the affine is known
         self.photometric = T.Compose([step for step in lightly_view.transform.transforms if _photometric(step)])
 
