@@ -239,6 +239,12 @@ def test_default_heads_read_the_groups_first_middle_transfers_from_one_pass(regi
     maps = model.feature_maps(image, ["stage1", "middle"])
     assert torch.equal(maps[0], model.features(image, "stage1"))
     assert torch.equal(maps[1], model.features(image, "middle"))
+    batch = {"image": image, "view1": image.flip(-1)}
+    model.train()
+    task.loss(task.forward(model, batch), batch).backward()
+    for path in ("stage1.features", "middle"):  # both branches the first+middle policy moves learn
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.get_submodule(path).parameters())
+    assert all(p.grad is None for p in model.get_submodule("stage2").parameters())  # never reached
 
 
 # -------------------------------------------------------------------------- bad input
@@ -275,3 +281,25 @@ def test_an_unknown_layer_group_and_a_batch_of_one_are_config_errors(registry, p
     model.train()
     with pytest.raises(ConfigError, match="needs at least 2"):
         task.forward(model, one)
+
+
+def test_heads_read_a_timm_backbone_too(pool):
+    from sslbench_plugins.timm_backbone import TimmPose
+
+    for name, cls in (("vicreg", vicreg_plugin.VICReg), ("densecl", densecl_plugin.DenseCL)):
+        task = cls()
+        torch.manual_seed(0)
+        model = TimmPose(task.num_outputs, model="resnet18", input_size=64, width=0.125, entry_name="timm-resnet18")
+        task.build_parts(model)
+        assert task.groups == [g.name for g in model.layer_groups() if g.role in ("first", "middle")]
+        geometry = Geometry(model.input_size, model.stride)
+        batch = torch.utils.data.default_collate(
+            [task.make_sample(pool.image(i), None, SampleKey(0, i, 1), True, geometry) for i in range(4)]
+        )
+        model.train()
+        loss = task.loss(task.forward(model, batch), batch)
+        loss.backward()
+        assert torch.isfinite(loss)
+        for group in task.groups:  # every group the policy would transfer gets a gradient
+            for path in model.layer_group(group).modules:
+                assert all(p.grad is not None for p in model.get_submodule(path).parameters()), (name, path)
