@@ -182,6 +182,10 @@ class JointEmbedding(Pretext):
     def num_outputs(self) -> int:
         return 1  # the backbone's own outputs are not used: the heads read its features
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Loader workers only make samples: the backbone and the parts stay in the training process."""
+        return {**self.__dict__, "parts": None, "backbone": None}
+
     def config(self) -> dict[str, Any]:
         return {"name": self.name, **self.options()}
 

@@ -354,11 +354,13 @@ class Task(ABC):
         training device, switches them between train and eval mode with the backbone,
         optimises their parameters that require gradients alongside the backbone's,
         calls :meth:`after_step` after every optimiser step, and saves every parameter
-        and buffer of the parts (persistent or not, so a queue is kept) in the run's
-        ``last`` checkpoint, from which a resumed run continues exactly. The parts are
-        never in ``best`` nor in the pretext cache: a transfer policy moves backbone
-        layer groups only. Under torch.distributed, fit refuses a task with parts.
-        Buffers a task updates itself (a queue) must change only in training mode.
+        and buffer of the parts (persistent or not, so a queue is kept) beside the
+        weights of the run's ``last`` and ``best`` checkpoints (their extra tensors), so
+        a resumed run continues exactly and the best epoch's parts come back with its
+        weights. They are never among the weights themselves, which are all that the
+        pretext cache stores and a transfer policy reads (backbone layer groups only).
+        Under torch.distributed, fit refuses a task with parts. Buffers a task updates
+        itself (a queue) must change only in training mode.
         """
         self.parts = None
         return None
@@ -366,6 +368,9 @@ class Task(ABC):
     def after_step(self, step: int, total_steps: int) -> None:
         """Called by the training step after every optimiser step, *step* counting from 0 over the
         whole run of *total_steps*: for momentum (EMA) updates of a target network."""
+
+    @abstractmethod
+    def loss(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> torch.Tensor: ...
 
     @abstractmethod
     def new_metric(self) -> Metric: ...

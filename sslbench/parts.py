@@ -2,10 +2,11 @@
 
 A pretext such as SimCLR or MoCo trains modules of its own beside the backbone (projection
 heads, a momentum encoder, a queue). :func:`sslbench.train.fit` uses the helpers here to
-build them, optimise them, switch their mode and keep them in its checkpoints under
-``extra.parts.*``: every parameter and every buffer, persistent or not (lightly keeps its
-memory bank in non-persistent buffers), so a resumed run continues exactly. Transfer reads
-a checkpoint's model weights only, so the parts never reach a pose network.
+build them, optimise them, switch their mode and keep them beside the weights of its
+checkpoints, as extra tensors ``extra.parts.*``: every parameter and every buffer,
+persistent or not (lightly keeps its memory bank in non-persistent buffers), so a resumed
+run continues exactly. Transfer reads a checkpoint's model weights only, so the parts never
+reach a pose network.
 """
 
 from __future__ import annotations
