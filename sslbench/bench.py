@@ -386,9 +386,11 @@ def time_pretexts(ctx: BenchContext, names: Sequence[str], steps: int) -> list[d
     its own parts (heads, momentum encoder: :mod:`sslbench.parts`) on a batch of its samples
     of the pretext data, at the profile's downstream settings (batch size, precision,
     memory format), so every row compares with the ``pose`` row like with like. After one
-    untimed step each, the steps take turns (:func:`_round_robin`). ``cost_vs_pose`` is a
-    pose step's images per second over the pretext's: a two-view method sees each image
-    twice. Images are unlabelled images (a two-view sample is one image).
+    untimed step and one counted for FLOPs each, the steps take turns (:func:`_round_robin`).
+    ``cost_vs_pose`` is a pose step's images per second over the pretext's, ``flops_vs_pose``
+    the same for training FLOPs per image (a machine-independent check): a two-view method
+    sees each image twice, but its heads read features that may stop before the last stage.
+    Images are unlabelled images (a two-view sample is one image).
     """
     from sslbench.phases import build_backbone, open_dataset
 
@@ -415,7 +417,10 @@ def time_pretexts(ctx: BenchContext, names: Sequence[str], steps: int) -> list[d
         step = functools.partial(train_step, model, task, batch, optimizer, device, settings, channels_last)
         step()  # warm-up
         steps_of.append(step)
-        rows.append({"pretext": name, "parts": own_parts is not None, "batch_size": settings.batch_size})
+        flops = count_flops(step) / settings.batch_size
+        rows.append({"pretext": name, "parts": own_parts is not None, "batch_size": settings.batch_size,
+                     "train_flops_per_image": flops, "flops_vs_pose": flops / rows[0]["train_flops_per_image"]
+                     if rows else 1.0})  # fmt: skip
     pose_speed = None
     for row, taken in zip(rows, _round_robin(steps_of, steps, device)):
         median = statistics.median(taken)
@@ -761,7 +766,8 @@ def result_table(result: dict[str, Any]) -> Table:
         if row["pretext"] != "pose":
             table.add_row(f"train step: pretext {row['pretext']}", _fmt(row["images_per_s"], " img/s"),
                           f"{row['cost_vs_pose']:.2f}x the time per image of the pose step timed beside it "
-                          f"({_fmt(train['pretexts'][0]['images_per_s'], ' img/s')}), batch {row['batch_size']}")  # fmt: skip
+                          f"({_fmt(train['pretexts'][0]['images_per_s'], ' img/s')}), {row['flops_vs_pose']:.2f}x "
+                          f"its FLOPs ({_giga(row['train_flops_per_image'])}); batch {row['batch_size']}")  # fmt: skip
     inference = result["inference"]
     table.add_row("inference latency", _fmt(inference["latency_ms"], " ms/img"), "batch 1: forward + decoding")
     table.add_row("eval throughput", _fmt(inference["eval_images_per_s"], " img/s"), f"batch {cfg['batch_size']}")

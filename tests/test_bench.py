@@ -178,6 +178,10 @@ def test_pretext_steps_are_timed_beside_the_pose_step_with_their_own_parts(tmp_p
     for row in rows.values():
         assert row["steps"] == 3 and row["images_per_s"] > 0
         assert row["cost_vs_pose"] == pytest.approx(rows["pose"]["images_per_s"] / row["images_per_s"])
+        assert row["flops_vs_pose"] == pytest.approx(
+            row["train_flops_per_image"] / rows["pose"]["train_flops_per_image"]
+        )
+    assert rows["pose"]["flops_vs_pose"] == 1.0 and rows["simclr"]["train_flops_per_image"] > 0
 
 
 def test_an_unknown_pretext_to_time_is_one_line_and_exit_code_2():
