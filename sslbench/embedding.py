@@ -11,7 +11,9 @@ Each view is a random resized crop (torchvision's ``RandomResizedCrop.get_params
 ``[min_scale, 1]`` of the image, aspect ratio in [3/4, 4/3]) mirrored half of the time,
 resampled by :func:`sslbench.pipeline.warp` through its affine matrix; then the photometric
 transforms of lightly's own ``SimCLRViewTransform`` (colour jitter with probability 0.8,
-grey with 0.2, Gaussian blur with 0.5, at lightly's default strengths times ``cj_strength``).
+grey with 0.2, Gaussian blur with 0.5, at lightly's default strengths times ``cj_strength``;
+its default here is 0.5, lightly's advice for small images, as views are 128 px at the
+``cpu`` profile). The flip probability is lightly's default, 0.5.
 lightly's transforms draw from the global torch, numpy and Python generators; here they run
 with those generators seeded from the :class:`~sslbench.interfaces.SampleKey` (and restored
 afterwards), so every view is deterministic by (seed, image index, epoch). Evaluation views
