@@ -212,7 +212,10 @@ class JointEmbedding(Pretext):
         (for momentum updates) and the parts."""
         self.backbone = backbone
         self.groups = self.layers or default_layers(backbone)
-        channels = sum(backbone.feature_shape(group)[0] for group in self.groups)  # a wrong name fails here
+        try:
+            channels = sum(backbone.feature_shape(group)[0] for group in self.groups)
+        except ConfigError as exc:
+            raise ConfigError(f"pretext {self.name}: option layers: {exc}") from None
         self.parts = self.make_parts(backbone, channels)
         return self.parts
 
