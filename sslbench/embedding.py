@@ -26,8 +26,9 @@ image that each need a gradient; timm ``stem`` and ``blocks``), pooled to the co
 and concatenated along channels (:func:`feature_grid`). Global methods average it over
 locations.
 
-**Metric.** ``retrieval``: percent of view-0 embeddings whose nearest view-1 embedding
-(cosine) within the batch is their own pair; ``retrieval_chance`` is 100 / batch size.
+**Metric.** ``retrieval``: percent of view-0 images whose nearest view-1 image within the
+batch (cosine of the backbone's pooled features) is their own pair; ``retrieval_head`` the
+same on the embeddings the loss compares; ``retrieval_chance`` is 100 / batch size.
 """
 
 from __future__ import annotations
@@ -243,7 +244,9 @@ class JointEmbedding(Pretext):
         return self.embed(net, batch)
 
     def predict(self, net: nn.Module, batch: dict[str, Any]) -> list[torch.Tensor]:
-        return self.forward(net, batch)
+        """:meth:`forward`'s outputs, then the backbone's pooled features of view 0 and of view 1."""
+        features = self.pooled(net, torch.cat([batch["image"], batch["view1"]]))
+        return [*self.forward(net, batch), *features.chunk(2)]
 
     def embed(self, net: nn.Module, batch: dict[str, Any]) -> list[torch.Tensor]:
         """[z0, z1]: both views in one pass through the backbone and the ``projection`` head."""
@@ -258,10 +261,20 @@ class JointEmbedding(Pretext):
         return RetrievalMetric(self)
 
 
+def retrieval_hits(view0: torch.Tensor, view1: torch.Tensor) -> int:
+    """How many rows of *view0* have their own row of *view1* as nearest neighbour (cosine)."""
+    similarity = F.normalize(view0.float(), dim=1) @ F.normalize(view1.float(), dim=1).T
+    return int((similarity.argmax(dim=1) == torch.arange(len(view0), device=similarity.device)).sum())
+
+
 class RetrievalMetric(PretextMetric):
     """Positive-pair retrieval within each batch (percent), its chance level, and the loss.
 
-    Batches of one image are skipped (no loss, and retrieval among one is certain).
+    ``retrieval`` (monitored) matches the backbone's pooled features of the two views, what
+    a transfer policy moves, the same measure for every method (for a momentum method it
+    compares the online network with itself, not with its lagging target);
+    ``retrieval_head`` matches the embeddings the loss compares (:meth:`JointEmbedding.embed`'s
+    first two). Batches of one image are skipped (no loss, and retrieval among one is certain).
     """
 
     @torch.no_grad()
@@ -269,10 +282,10 @@ class RetrievalMetric(PretextMetric):
         n = batch_size(batch)
         if n < 2:
             return
-        self.averages.add("loss", float(self.task.loss(outputs, batch)) * n, n)
-        similarity = F.normalize(outputs[0].float(), dim=1) @ F.normalize(outputs[1].float(), dim=1).T
-        hits = similarity.argmax(dim=1) == torch.arange(n, device=similarity.device)
-        self.averages.add("retrieval", 100.0 * float(hits.sum()), n)
+        embedded, features = outputs[:-2], outputs[-2:]
+        self.averages.add("loss", float(self.task.loss(embedded, batch)) * n, n)
+        self.averages.add("retrieval", 100.0 * retrieval_hits(*features), n)
+        self.averages.add("retrieval_head", 100.0 * retrieval_hits(embedded[0], embedded[1]), n)
         self.averages.add("retrieval_chance", 100.0, n)  # 100/n per image, n images
 
 

@@ -127,7 +127,7 @@ def test_each_method_trains_with_finite_loss_and_reports_retrieval_against_chanc
     assert result.epochs_run == 2
     assert all(np.isfinite(h["train_loss"]) for h in result.history)
     metrics = result.best_metrics
-    assert 0.0 <= metrics["retrieval"] <= 100.0
+    assert 0.0 <= metrics["retrieval"] <= 100.0 and 0.0 <= metrics["retrieval_head"] <= 100.0
     assert metrics["retrieval_chance"] == pytest.approx(25.0)  # batches of 4
     assert np.isfinite(metrics["loss"])
 
@@ -223,6 +223,21 @@ def test_dense_matching_samples_the_key_map_where_view_0_cells_land():
     sampled, inside = matched_keys(keys, shift, input_size=32)
     assert inside[:, :, :3].all() and not inside[:, :, 3].any()
     assert torch.allclose(sampled[..., :3], keys[..., 1:])
+
+
+def test_retrieval_counts_pairs_found_by_their_own_view_and_skips_single_images(registry):
+    from sslbench.embedding import RetrievalMetric
+
+    class Scored:  # the metric needs only the task's loss
+        def loss(self, outputs, batch):
+            return torch.tensor(1.0)
+
+    metric = RetrievalMetric(Scored())
+    eye = torch.eye(4)
+    swapped = eye[[1, 0, 2, 3]]  # images 0 and 1 find each other's pair
+    metric.update([eye, eye, eye, swapped], {"image": torch.zeros(4, 3, 8, 8)})
+    metric.update([eye[:1]] * 4, {"image": torch.zeros(1, 3, 8, 8)})
+    assert metric.compute() == {"loss": 1.0, "retrieval": 50.0, "retrieval_head": 100.0, "retrieval_chance": 25.0}
 
 
 def test_feature_grid_pools_to_the_coarsest_map_and_concatenates():
