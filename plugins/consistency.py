@@ -265,6 +265,7 @@ class Consistency(SemiSupervised):
 
     def train(self, cell: Cell, model: Backbone) -> FitResult:
         o = self.options(cell.config)
+        self.require_lsp_skeleton(cell)
         if o["batchnorm"] == "separate" and distributed.world_size() > 1:
             raise ConfigError(
                 "strategy consistency: option batchnorm=separate runs the network twice a step, which "

@@ -102,6 +102,7 @@ class PseudoLabel(SemiSupervised):
 
     def train(self, cell: Cell, model: Backbone) -> FitResult:
         o = self.options(cell.config)
+        self.require_lsp_skeleton(cell)
         reused = finished(cell.shared_labelled_dir())
         teacher_fit = cell.fit_labelled(model, "teacher", shared=True)  # the supervised (or transfer) cell's run
         # like a cached pretraining, a teacher trained by another cell costs this one nothing

@@ -40,10 +40,11 @@ from rich.table import Table
 from sslbench.errors import ConfigError, DataError, SSLBenchError
 from sslbench.imageio import DataWarning, ImageFileDataset, read_image, shape_text
 from sslbench.interfaces import Geometry, ImageDataset, SampleKey
-from sslbench.joints import JOINT_NAMES, NUM_JOINTS, SKELETON
 from sslbench.pipeline import centre_square, crop_matrix, decode_maps, map_to_input, to_image, warp
 from sslbench.pose import PoseTask
 from sslbench.registry import Registry, default_registry
+from sslbench.semi import pose_task_for
+from sslbench.skeleton import LSP, Skeleton
 
 console = Console()
 err_console = Console(stderr=True)
@@ -219,7 +220,7 @@ def verify_dataset(
                 report.joints_outside += outside
                 report.images_with_joints_outside.append(dataset.image_id(index))
             occluded += int((joints[:, 2] < 0.5).sum())
-            total_joints += NUM_JOINTS
+            total_joints += len(joints)
     if total_joints:
         report.occluded_fraction = occluded / total_joints
     for protocol in dataset.protocols:
@@ -335,40 +336,39 @@ def verify_command(ctx: click.Context, name: str, root: Path | None, skip_bad: b
 # ----------------------------------------------------------------------------- preview
 
 
-def limb_colour(a: int, b: int) -> tuple[int, int, int]:
+_SIDE_COLOURS = {"left": LEFT_COLOUR, "right": RIGHT_COLOUR, None: MIDDLE_COLOUR}
+
+
+def limb_colour(a: int, b: int, skeleton: Skeleton = LSP) -> tuple[int, int, int]:
     """Left colour when both joints are on the person's left, right colour for the right, else middle."""
-    sides = {JOINT_NAMES[a][:2], JOINT_NAMES[b][:2]}
-    if sides == {"l_"}:
-        return LEFT_COLOUR
-    if sides == {"r_"}:
-        return RIGHT_COLOUR
-    return MIDDLE_COLOUR
+    sides = {skeleton.side(a), skeleton.side(b)}
+    return _SIDE_COLOURS[sides.pop()] if len(sides) == 1 else MIDDLE_COLOUR
 
 
-def joint_colour(index: int) -> tuple[int, int, int]:
-    prefix = JOINT_NAMES[index][:2]
-    return LEFT_COLOUR if prefix == "l_" else RIGHT_COLOUR if prefix == "r_" else MIDDLE_COLOUR
+def joint_colour(index: int, skeleton: Skeleton = LSP) -> tuple[int, int, int]:
+    return _SIDE_COLOURS[skeleton.side(index)]
 
 
 def draw_skeleton(
-    image: Image.Image, points: np.ndarray, present: np.ndarray, visible: np.ndarray | None = None
+    image: Image.Image, points: np.ndarray, present: np.ndarray, visible: np.ndarray | None = None,
+    skeleton: Skeleton = LSP,
 ) -> None:
-    """Draw limbs and joints (filled: visible, hollow: occluded) of LSP-ordered *points* onto *image*."""
+    """Draw the limbs and joints (filled: visible, hollow: occluded) of *points* (the skeleton's order) onto *image*."""
     draw = ImageDraw.Draw(image)
     width = max(1, round(image.width / 128))
     radius = max(2, round(image.width / 80))
-    for a, b in SKELETON:
+    for a, b in skeleton.limbs:
         if present[a] and present[b]:
-            draw.line([tuple(points[a]), tuple(points[b])], fill=limb_colour(a, b), width=width)
-    for j in range(NUM_JOINTS):
+            draw.line([tuple(points[a]), tuple(points[b])], fill=limb_colour(a, b, skeleton), width=width)
+    for j in range(skeleton.num_joints):
         if not present[j]:
             continue
         x, y = points[j]
         box = (x - radius, y - radius, x + radius, y + radius)
         if visible is None or visible[j] >= 0.5:
-            draw.ellipse(box, fill=joint_colour(j), outline=(0, 0, 0))
+            draw.ellipse(box, fill=joint_colour(j, skeleton), outline=(0, 0, 0))
         else:
-            draw.ellipse(box, outline=joint_colour(j), width=width)
+            draw.ellipse(box, outline=joint_colour(j, skeleton), width=width)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -394,15 +394,15 @@ def pose_tile(
     Returns the tile and the largest distance (input pixels) between a decoded target
     peak and the augmented joint position, a check of the target rendering.
     """
-    sample = task.make_sample(dataset.image(index), dataset.joints(index), key, train, geometry)
-    target = sample["target"][None, :NUM_JOINTS]
+    sample = task.make_sample(dataset.image(index), dataset.joints(index), key, train, geometry, **dataset.annotation(index))
+    target = sample["target"][None, : task.skeleton.num_joints]
     coords, scores = decode_maps(target)
     points = map_to_input(coords[0].numpy(), geometry.stride)
     present = scores[0].numpy() >= PRESENT_SCORE
     input_joints = sample["input_joints"].numpy()
     error = float(np.abs(points[present] - input_joints[present, :2]).max()) if present.any() else 0.0
     picture = Image.fromarray(to_image(sample["image"]))
-    draw_skeleton(picture, points, present, input_joints[:, 2])
+    draw_skeleton(picture, points, present, input_joints[:, 2], task.skeleton)
     return Tile(picture, dataset.image_id(index) + (" (flip)" if bool(sample["flip"]) else "")), error
 
 
@@ -460,7 +460,7 @@ def preview_tiles(
     if task_name == "pose":
         if not dataset.labelled:
             raise ConfigError(f"--task pose needs joint labels, but dataset {name} has none (use crop or a pretext)")
-        task = PoseTask()
+        task = pose_task_for(dataset)
         legend = "pose input + target peaks: blue = left, red = right, hollow = occluded"
     elif task_name == "crop":
         legend = "centre-square crops"
@@ -561,7 +561,7 @@ def pseudo_labelled(dataset: ImageDataset, path: Path) -> tuple[ImageDataset, li
         threshold = float(stored["threshold"])
         joints = {}
         for item in stored["images"]:
-            array = np.asarray(item["joints"], dtype=np.float32).reshape(NUM_JOINTS, 3)
+            array = np.asarray(item["joints"], dtype=np.float32).reshape(dataset.skeleton.num_joints, 3)
             if item["image"] != dataset.image_id(int(item["index"])):
                 raise ConfigError(f"--pseudo-labels {path}: image {item['index']} is {item['image']}, "
                                   f"but --data {dataset.name} has {dataset.image_id(int(item['index']))} there")  # fmt: skip

@@ -26,12 +26,14 @@ from sslbench.checkpoint import Checkpoint, build_model, describe_backbone, load
 from sslbench.cli_data import draw_skeleton
 from sslbench.config import TrainSettings
 from sslbench.data import TaskDataset, cap_loader_workers
-from sslbench.errors import CheckpointError, ConfigError, DataError
+from sslbench.errors import CheckpointError, ConfigError, DataError, SSLBenchError
 from sslbench.imageio import read_image
 from sslbench.interfaces import Backbone, Geometry
-from sslbench.joints import JOINT_NAMES, NUM_JOINTS, PARTS
 from sslbench.pose import PoseTask, decode_joints
 from sslbench.registry import Registry, default_registry
+from sslbench.report import part_names
+from sslbench.semi import MaskedPoseTask
+from sslbench.skeleton import LSP, Skeleton
 from sslbench.train import autocast_context, batch_to_device, evaluate, prepare_model, resolve_device
 
 #: files picked up from a directory given to ``predict`` (subfolders are not searched)
@@ -51,22 +53,25 @@ def load_pose_model(path: Path, plugins: Registry) -> tuple[Backbone, PoseTask, 
     """The pose backbone of a checkpoint, with its weights, and the task it was trained with."""
     checkpoint = load_checkpoint(path)
     task_config = checkpoint.meta.get("task") or {"name": "pose"}
-    if task_config.get("name") != PoseTask.name:
+    # pose-masked: the pose task of datasets with unknown joints (COCO, MPII), same outputs
+    tasks = {task.name: task for task in (PoseTask, MaskedPoseTask)}
+    if task_config.get("name") not in tasks:
         raise CheckpointError(
             f"checkpoint {checkpoint.path} was trained for {task_config.get('name')!r}, not pose estimation "
             "(use the downstream best checkpoint of a run)"
         )
-    expected = PoseTask().num_outputs
+    try:
+        task = tasks[task_config["name"]].from_config(task_config)
+    except SSLBenchError as exc:
+        raise CheckpointError(f"checkpoint {checkpoint.path}: {exc}") from None
+    expected = task.num_outputs
     if checkpoint.meta.get("num_outputs") != expected:
         held = describe_backbone(checkpoint.backbone, checkpoint.meta.get("num_outputs"))
         raise CheckpointError(
-            f"checkpoint {checkpoint.path} holds {held}, but a pose model needs {expected} output maps"
+            f"checkpoint {checkpoint.path} holds {held}, but a pose model of skeleton {task.skeleton.name} "
+            f"needs {expected} output maps"
         )
     model = build_model(checkpoint, plugins)
-    try:
-        task = PoseTask.from_config(task_config)
-    except ConfigError as exc:
-        raise CheckpointError(f"checkpoint {checkpoint.path}: {exc}") from None
     return model.eval(), task, checkpoint
 
 
@@ -96,6 +101,7 @@ def print_metrics(console: Console, metrics: dict[str, Any], title: str = "pose 
     console.print(f"[bold]{title}[/]", highlight=False, soft_wrap=True)
     headline = Table()
     columns = [("PCK@0.2", "pck@0.2", 1), ("PCK@0.1", "pck@0.1", 1), ("AUC@0.2", "auc@0.2", 1)]
+    columns += [("PCKh@0.5", "pckh@0.5", 1), ("OKS AP", "oks.ap", 1), ("OKS AR", "oks.ar", 1)]  # MPII, COCO format
     loss_key = "loss" if "loss" in flat else "test_loss"
     columns += [("loss", loss_key, 4), ("report loss", "report_loss", 1)]
     shown = [(label, key, digits) for label, key, digits in columns if key in flat]
@@ -112,7 +118,7 @@ def print_metrics(console: Console, metrics: dict[str, Any], title: str = "pose 
         )
     if parts:
         table = Table(title="PCK@0.2 per part (left and right averaged)", title_justify="left", min_width=60)
-        order = [p for p in (*PARTS, "Mean") if p in parts]
+        order = part_names(f"part.{p}" for p in parts)
         for part in order:
             table.add_column(part, justify="right")
         table.add_row(*(_fmt(parts[p]) for p in order))
@@ -163,6 +169,9 @@ def evaluate_command(
     dataset = plugins.create("dataset", data, "--data", root=root, skip_bad=False)
     if not dataset.labelled:
         raise DataError(f"--data {data}: dataset at {root} has no joint labels to evaluate against")
+    if dataset.skeleton.joints != task.skeleton.joints:
+        raise DataError(f"--data {data}: its skeleton {dataset.skeleton.name} ({dataset.skeleton.num_joints} joints) is not "
+                        f"the one checkpoint {checkpoint.path} was trained for ({task.skeleton.name})")  # fmt: skip
     protocol = protocol or dataset.protocols[0]
     if protocol not in dataset.protocols:
         raise ConfigError(f"--protocol {protocol!r}: dataset {data!r} knows {', '.join(dataset.protocols)}")
@@ -262,17 +271,17 @@ def predict_images(
             batch = batch_to_device(batch, device, channels_last)
             with autocast_context(device, settings):
                 outputs = model(batch["image"], batch["centermap"])
-            xy, score = decode_joints(outputs[-1].float(), batch["matrix"], model.stride, batch["flip"])
+            xy, score = decode_joints(outputs[-1].float(), batch["matrix"], model.stride, batch["flip"], task.skeleton)
             positions.append(xy)
             scores.append(score)
     return np.concatenate(positions), np.concatenate(scores)
 
 
-def overlay_image(image: np.ndarray, joints: np.ndarray) -> Image.Image:
+def overlay_image(image: np.ndarray, joints: np.ndarray, skeleton: Skeleton = LSP) -> Image.Image:
     """*image* with the predicted skeleton drawn (the colours of ``sslbench data preview``:
     the person's right side red, left side blue, the centre line yellow)."""
     canvas = Image.fromarray(image).convert("RGB")
-    draw_skeleton(canvas, np.asarray(joints, dtype=np.float64)[:, :2], np.ones(NUM_JOINTS, dtype=bool))
+    draw_skeleton(canvas, np.asarray(joints, dtype=np.float64)[:, :2], np.ones(skeleton.num_joints, dtype=bool), skeleton=skeleton)
     return canvas
 
 
@@ -341,10 +350,10 @@ def predict_command(
     scores = np.concatenate([s for _, s in parts])
 
     rows = [
-        {"image": label, "joint": JOINT_NAMES[j], "x": float(positions[i, j, 0]), "y": float(positions[i, j, 1]),
+        {"image": label, "joint": name, "x": float(positions[i, j, 0]), "y": float(positions[i, j, 1]),
          "score": float(scores[i, j])}
         for i, label in enumerate(labels)
-        for j in range(NUM_JOINTS)
+        for j, name in enumerate(task.skeleton.joints)
     ]  # fmt: skip
     table = pd.DataFrame(rows, columns=["image", "joint", "x", "y", "score"])
     atomic.write_text(out_path, table.to_csv(index=False, float_format="%.2f"))
@@ -361,7 +370,7 @@ def predict_command(
     if overlay_dir is not None:
         overlay_dir.mkdir(parents=True, exist_ok=True)
         for path, xy in zip(files, positions):
-            data, name = _image_bytes(overlay_image(read_image(path), xy), path.name)
+            data, name = _image_bytes(overlay_image(read_image(path), xy, task.skeleton), path.name)
             atomic.write_bytes(overlay_dir / name, data)
     console.print(
         f"wrote {len(table)} rows for {len(files)} image(s) to {out_path}"

@@ -19,7 +19,8 @@ from sslbench.errors import ConfigError
 from sslbench.registry import default_registry
 
 if TYPE_CHECKING:
-    from sslbench.sweep import Plan, SweepSpec
+    from sslbench.experiment.plan import Plan
+    from sslbench.experiment.spec import SweepSpec
 
 #: the choices of ``report --format`` (the same as :data:`sslbench.report.FORMATS`)
 REPORT_FORMATS = ("terminal", "markdown", "csv", "latex", "html")
@@ -58,7 +59,7 @@ def _int_list(text: str | None, option: str, allow_all: bool = False) -> list[An
 
 def build_spec(spec_path: Path | None, **cli: Any) -> SweepSpec:
     """The spec file (if any) with the command-line options on top (the command line wins)."""
-    from sslbench.sweep import Override, SweepSpec, load_spec
+    from sslbench.experiment.spec import Override, SweepSpec, load_spec
 
     spec = load_spec(spec_path) if spec_path else SweepSpec()
     lists = {
@@ -97,7 +98,7 @@ def print_plan(plan: Plan, results: Path, workdir: Path, console: Console, estim
                sources: dict[str, str], shard: str | None, cached: set[str]) -> None:  # fmt: skip
     """The dry-run view: cells, the pretrainings they share (*cached*: keys already trained), pruned
     combinations, time estimate."""
-    from sslbench.sweep import format_seconds
+    from sslbench.experiment.estimate import format_seconds
 
     groups = plan.pretrainings()
     short = {key: f"P{i + 1}" for i, key in enumerate(groups)}
@@ -166,7 +167,11 @@ def print_plan(plan: Plan, results: Path, workdir: Path, console: Console, estim
 @click.option("--backbones", metavar="A,B", help="Backbone names, comma-separated.")
 @click.option("--pretexts", metavar="A,B", help="Pretext names; none = supervised baseline.")
 @click.option("--policies", metavar="A,B", help="Transfer policies; e.g. none,first,first+middle:frozen.")
-@click.option("--strategies", metavar="A,B", help="Strategy plugins, e.g. supervised,transfer,consistency (default: the pretext decides).")
+@click.option(
+    "--strategies",
+    metavar="A,B",
+    help="Strategy plugins, e.g. supervised,transfer,consistency (default: the pretext decides).",
+)
 @click.option("--train-sizes", metavar="N,M", help="Labelled training images per cell; 'all' for the whole pool.")
 @click.option("--seeds", metavar="0,1,2", help="Run seeds.")
 @click.option("--data", help="Labelled dataset plugin.")
@@ -195,15 +200,9 @@ def sweep_command(spec_path: Path | None, results_dir: Path | None, workdir: Pat
 
         sslbench sweep benchmarks/example-synthetic.toml --dry-run
     """
-    from sslbench.sweep import (
-        Estimator,
-        cached_pretrainings,
-        expand,
-        parse_shard,
-        run_sweep,
-        shard_cells,
-        worker_threads,  # fmt: skip
-    )
+    from sslbench.experiment.estimate import Estimator, cached_pretrainings
+    from sslbench.experiment.executor import run_sweep, worker_threads
+    from sslbench.experiment.plan import expand, parse_shard, shard_cells
 
     console, err = Console(), Console(stderr=True)
     shard_of = parse_shard(shard) if shard else None
@@ -243,7 +242,9 @@ def sweep_command(spec_path: Path | None, results_dir: Path | None, workdir: Pat
         highlight=False,
     )
     if outcome.failed:
-        err.print(f"failed cells: {', '.join(outcome.failed)} (errors in {results / 'cells'}; rerun with --retry-failed)")
+        err.print(
+            f"failed cells: {', '.join(outcome.failed)} (errors in {results / 'cells'}; rerun with --retry-failed)"
+        )
     console.print(f"tables: sslbench report {results}", highlight=False)
     if outcome.failed:
         click.get_current_context().exit(1)
@@ -252,10 +253,20 @@ def sweep_command(spec_path: Path | None, results_dir: Path | None, workdir: Pat
 @click.command("report")
 @click.argument("results_dirs", metavar="[RESULTS_DIR]...", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(REPORT_FORMATS), default="terminal", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report to FILE instead of stdout.")
-@click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path), help="Write PNG plots into DIR.")
-@click.option("--metric", default="pck@0.2", show_default=True, help="Column to tabulate (e.g. pck@0.1, auc@0.2, test_loss).")
-@click.option("--curves", metavar="CELL_ID,...", help="Cells whose training curves to plot (default: the best cell of each strategy row).")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report to FILE instead of stdout."
+)
+@click.option(
+    "--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path), help="Write PNG plots into DIR."
+)
+@click.option(
+    "--metric", default="pck@0.2", show_default=True, help="Column to tabulate (e.g. pck@0.1, auc@0.2, test_loss)."
+)
+@click.option(
+    "--curves",
+    metavar="CELL_ID,...",
+    help="Cells whose training curves to plot (default: the best cell of each strategy row).",
+)
 def report_command(results_dirs: tuple[Path, ...], fmt: str, out: Path | None, plots_dir: Path | None, metric: str,
                    curves: str | None) -> None:  # fmt: skip
     """Tables (and plots) of sweep results: strategies x train sizes, CIs, paired tests against supervised.

@@ -42,6 +42,9 @@ class TrainSettings:
     #: channels_last memory format (measured 1.3-1.65x faster for cpm6 at the cpu profile on AVX2 too)
     channels_last: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    #: TensorBoard event files beside metrics.jsonl (:mod:`sslbench.live_curves`); changes no result,
+    #: so it is not part of cell ids, pretext cache keys or resume checks (:data:`OUTPUT_ONLY`)
+    tensorboard: bool = True
 
     def validate(self, section: str) -> None:
         checks = [
@@ -68,7 +71,12 @@ LATER_FIELDS: dict[str, Any] = {
     "strategy_options": {},
     "unlabelled_data": None,
     "unlabelled_root": None,
+    "unlabelled_data_options": {},
 }
+
+
+#: TrainSettings fields that only choose what a run writes beside its results: never hashed
+OUTPUT_ONLY: tuple[str, ...] = ("tensorboard",)
 
 
 def at_later_default(name: str, value: Any) -> bool:
@@ -120,6 +128,8 @@ class RunConfig:
     #: unlabelled images used during pose training (semi-supervised strategies)
     unlabelled_data: str | None = None
     unlabelled_root: str | None = None
+    #: options of that dataset plugin (e.g. ``{"seed": 1}``: synthetic people other than the labelled ones)
+    unlabelled_data_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def strategy_name(self) -> str:
@@ -145,7 +155,7 @@ class RunConfig:
         data = {name: value for name, value in data.items() if not at_later_default(name, value)}
         data["pretext_options"] = canonical_options("pretext", self.pretext, self.pretext_options)
         for section in ("pretrain", "downstream"):
-            data[section] = _legacy_precision(data[section])
+            data[section] = _hashed_settings(data[section])
         if (version := dataset_version(self.data)) is not None:
             data["data_version"] = version
         if (entry := _plugin("strategy", self.strategy_name)) is not None and entry.version is not None:
@@ -162,7 +172,7 @@ class RunConfig:
         return config_hash(self.identity())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         data = copy.deepcopy(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
@@ -184,7 +194,7 @@ class RunConfig:
             "pretext_root": self.pretext_root,
             "pretext_data_options": self.pretext_data_options,
             "pretext_images": self.pretext_images,
-            "pretrain": _legacy_precision(dataclasses.asdict(self.pretrain)),
+            "pretrain": _hashed_settings(dataclasses.asdict(self.pretrain)),
             "seed": self.pretraining_seed,
         }
         if (version := dataset_version(self.pretext_data)) is not None:
@@ -211,6 +221,12 @@ class RunConfig:
                 f"transfer_lr {self.transfer_lr} scales the learning rate of fine-tuned transferred layers, "
                 f"and policy {self.policy}{':frozen' if self.freeze else ''} fine-tunes none"
             )
+
+
+def _hashed_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A phase's settings as cell ids and cache keys hash them: :data:`OUTPUT_ONLY` fields left out,
+    precision as :func:`_legacy_precision` spells it."""
+    return _legacy_precision({k: v for k, v in settings.items() if k not in OUTPUT_ONLY})
 
 
 def _legacy_precision(settings: dict[str, Any]) -> dict[str, Any]:

@@ -89,7 +89,9 @@ class TaskDataset(Dataset):
         index = self._active[position]
         key = SampleKey(self.seed, index, self.epoch if self.train else 0)
         joints = self.images.joints(index) if self.task.needs_labels else None
-        sample = self.task.make_sample(self.images.image(index), joints, key, self.train, self.geometry)
+        # the person box and PCK scale of datasets that have them (ImageDataset.annotation)
+        annotation = self.images.annotation(index) if self.task.needs_labels else {}
+        sample = self.task.make_sample(self.images.image(index), joints, key, self.train, self.geometry, **annotation)
         sample["index"] = index
         return sample
 
@@ -158,7 +160,7 @@ def make_loader(
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=base_seed, drop_last=False)
         sampler.set_epoch(epoch)
         shuffle = False
-    # a parallel sweep (sslbench.sweep, --workers N) caps loader processes per cell: no oversubscribed cores
+    # a parallel sweep (sslbench.experiment.executor, --workers N) caps loader processes per cell: no oversubscribed cores
     workers = min(settings.num_workers, int(os.environ.get("SSLBENCH_MAX_LOADER_WORKERS", settings.num_workers)))
     workers = min(workers, available_cores())  # more processes than cores only compete for them
     preload = getattr(dataset.images, "preload", None)

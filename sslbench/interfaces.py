@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from sslbench.errors import ConfigError
+from sslbench.skeleton import LSP, Skeleton
 
 # ----------------------------------------------------------------------------- data
 
@@ -40,7 +41,7 @@ class Splits:
 
 
 class ImageDataset(ABC):
-    """Images on disk (or generated), optionally labelled with 14 joints in LSP order."""
+    """Images on disk (or generated), optionally labelled with the joints of its :attr:`skeleton`."""
 
     name: ClassVar[str]
     #: split protocols this dataset understands, first is the default
@@ -48,9 +49,24 @@ class ImageDataset(ABC):
     #: bumped when the images or labels this dataset yields change (e.g. a generator's renderer);
     #: when set, cell ids and pretext cache keys include it. None: files on disk, named by root.
     version: ClassVar[int | str | None] = None
+    #: whether :meth:`joints` may hold NaN positions (joints without a label: COCO ``v = 0``, MPII's
+    #: unannotated ones); the pose task then leaves them out of its loss (metrics never score NaN)
+    unknown_joints: ClassVar[bool] = False
 
     def __init__(self, root: Path | None) -> None:
         self.root = root
+
+    @property
+    def skeleton(self) -> Skeleton:
+        """The joints :meth:`joints` returns, how they flip, are drawn, tabulated and scored (LSP's 14 by default)."""
+        return LSP
+
+    def annotation(self, index: int) -> dict[str, Any]:
+        """What a label-needing task gets besides the joints, as keywords of its ``make_sample``:
+        ``box`` (x, y, w, h in original pixels: the pose task crops around it instead of the joints'
+        extent), ``scale`` (the PCK normaliser of a ``head`` or ``box`` skeleton), ``area`` (the
+        object area OKS uses). Empty by default: crop around the joints, torso-normalised PCK."""
+        return {}
 
     @property
     @abstractmethod
@@ -69,7 +85,8 @@ class ImageDataset(ABC):
         """A stable name for image *index*, e.g. ``im0001.jpg``."""
 
     def joints(self, index: int) -> np.ndarray:
-        """``float32`` (14, 3): x, y in original pixels, visibility (1 = visible, 0 = occluded)."""
+        """``float32`` (K, 3) for the K joints of :attr:`skeleton`: x, y in original pixels (NaN: unknown,
+        see :attr:`unknown_joints`), visibility (1 = visible, 0 = occluded)."""
         from sslbench.errors import DataError
 
         raise DataError(f"dataset {self.name!r} at {self.root} has no joint labels")

@@ -1,6 +1,7 @@
 """Pose accuracy math (numpy only): PCK, the PCK curve, its area, and per-part tables.
 
-Conventions (LSP, see ``facts.md``):
+Conventions (LSP, see ``facts.md``; other skeletons, :mod:`sslbench.skeleton`, normalise by the
+person's head size or box instead of the torso: :func:`normalisers`):
 
 - ``distances`` is (N, K): the Euclidean distance, in original image pixels, between the
   predicted and the ground-truth position of joint k in image n. ``NaN`` marks a joint
@@ -19,7 +20,9 @@ from typing import Sequence
 import numpy as np
 from scipy.integrate import trapezoid
 
-from sslbench.joints import NUM_JOINTS, PARTS, TORSO
+from sslbench.errors import DataError
+from sslbench.joints import TORSO
+from sslbench.skeleton import LSP, Skeleton
 
 
 def torso_sizes(joints: np.ndarray, torso: tuple[int, int] = TORSO) -> np.ndarray:
@@ -27,6 +30,27 @@ def torso_sizes(joints: np.ndarray, torso: tuple[int, int] = TORSO) -> np.ndarra
     joints = np.asarray(joints, dtype=np.float64)
     a, b = torso
     return np.linalg.norm(joints[:, a, :2] - joints[:, b, :2], axis=-1)
+
+
+def normalisers(joints: np.ndarray, skeleton: Skeleton, scale: np.ndarray | None = None) -> np.ndarray:
+    """(N,) what PCK divides distances by, per the skeleton: the torso from the ground-truth *joints*
+    (N, K, >=2), or the dataset's per-person *scale* (N,) (head size, box side)."""
+    if skeleton.normalise == "torso":
+        assert skeleton.torso is not None  # Skeleton.check
+        return torso_sizes(joints, skeleton.torso)
+    if scale is None:
+        raise DataError(f"skeleton {skeleton.name} normalises PCK by the {skeleton.normalise} size, "
+                        "but the dataset gave no scale (ImageDataset.annotation)")  # fmt: skip
+    return np.asarray(scale, dtype=np.float64).reshape(-1)
+
+
+def skeleton_metrics(distances: np.ndarray, sizes: np.ndarray, skeleton: Skeleton) -> dict[str, float]:
+    """The figure a head-normalised skeleton is known by: ``pckh@0.5`` over the joints of its parts
+    (MPII: every joint but pelvis and thorax, as the official evaluation counts); none for others."""
+    if skeleton.normalise != "head":
+        return {}
+    scored = sorted({j for _, members in skeleton.parts for j in members}) or list(range(skeleton.num_joints))
+    return {"pckh@0.5": pck(np.asarray(distances)[:, scored], sizes, 0.5)}
 
 
 def joint_distances(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -88,15 +112,18 @@ def auc(distances: np.ndarray, torso: np.ndarray, max_threshold: float = 0.2, st
     return float(trapezoid(curve, thresholds) / max_threshold)
 
 
-def per_part(per_joint: Sequence[float] | np.ndarray) -> dict[str, float]:
-    """Per-part table from per-joint values (LSP order): left and right averaged, plus ``Mean``.
+def per_part(per_joint: Sequence[float] | np.ndarray, skeleton: Skeleton = LSP) -> dict[str, float]:
+    """Per-part table from per-joint values (the skeleton's order): its parts' joints averaged
+    (LSP: left and right), plus ``Mean``.
 
-    ``Mean`` is the mean over all joints; with every part made of two joints it equals
+    ``Mean`` is the mean over all joints; with every part made of two joints (LSP) it equals
     the mean of the part values.
     """
     values = np.asarray(per_joint, dtype=np.float64)
-    if values.shape != (NUM_JOINTS,):
-        raise ValueError(f"per_part needs {NUM_JOINTS} per-joint values, got shape {values.shape}")
-    table = {part: float(np.nanmean(values[list(joints)])) for part, joints in PARTS.items()}
+    if values.shape != (skeleton.num_joints,):
+        raise ValueError(f"per_part needs {skeleton.num_joints} per-joint values, got shape {values.shape}")
+    with np.errstate(all="ignore"):
+        table = {part: float(np.nanmean(values[list(joints)])) if np.isfinite(values[list(joints)]).any()
+                 else float("nan") for part, joints in skeleton.parts}  # fmt: skip
     table["Mean"] = float(np.nanmean(values))
     return table

@@ -1,7 +1,7 @@
-"""The pose-estimation task: LSP samples, the CPM heatmap loss and the PCK metric.
+"""The pose-estimation task: samples of any skeleton, the CPM heatmap loss and the PCK metric.
 
-A sample is the person's box, cut square around the ground-truth joints (plus a
-margin), warped to the network input (with random rotation, scale and flip when
+A sample is the person's box, cut square around the ground-truth joints or the dataset's
+person box (plus a margin), warped to the network input (with random rotation, scale and flip when
 training), and one Gaussian heatmap per joint at the network's stride plus the CPM
 background map. Predictions go back the same way: peak of each map (sub-pixel) ->
 input pixels -> original image pixels through the inverse crop matrix, so PCK is
@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from sslbench import metrics as pose_metrics
 from sslbench.errors import ConfigError, DataError
 from sslbench.interfaces import Geometry, Metric, SampleKey, Task
-from sslbench.joints import FLIP_INDEX, JOINT_NAMES, NUM_JOINTS
 from sslbench.pipeline import (
     Augment,
     box_square,
@@ -37,6 +36,7 @@ from sslbench.pipeline import (
     warp,
     with_background,
 )
+from sslbench.skeleton import LSP, Skeleton
 
 #: the reference (namedBen) scales its per-stage MSE by the number of target values of
 #: one image at 368 px: 46 x 46 maps x 15 channels
@@ -50,15 +50,16 @@ def decode_joints(
     matrix: torch.Tensor | np.ndarray,
     stride: int,
     flip: torch.Tensor | np.ndarray | None = None,
+    skeleton: Skeleton = LSP,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Joint positions in original image pixels from predicted maps.
 
-    *maps* is (B, >=14, m, m) (a background map after the joints is ignored), *matrix*
-    (B, 3, 3) the original->input crop matrices, *flip* (B,) whether a sample was
-    mirrored (its channel i then holds original joint ``FLIP_INDEX[i]``). Returns
-    positions (B, 14, 2) float64 and peak scores (B, 14) float64, in LSP joint order.
+    *maps* is (B, >=K, m, m) for the K joints of *skeleton* (a background map after the joints
+    is ignored), *matrix* (B, 3, 3) the original->input crop matrices, *flip* (B,) whether a
+    sample was mirrored (its channel i then holds original joint ``skeleton.flip_index[i]``).
+    Returns positions (B, K, 2) float64 and peak scores (B, K) float64, in the skeleton's order.
     """
-    coords, scores = decode_maps(maps[:, :NUM_JOINTS].detach().float().cpu())
+    coords, scores = decode_maps(maps[:, : skeleton.num_joints].detach().float().cpu())
     input_xy = map_to_input(coords.numpy(), stride)  # (B, 14, 2)
     matrix = matrix.detach().cpu().numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix)
     inverse = np.linalg.inv(matrix.astype(np.float64))  # (B, 3, 3)
@@ -66,7 +67,7 @@ def decode_joints(
     scores_np = scores.numpy().astype(np.float64)
     if flip is not None:
         flip = flip.detach().cpu().numpy() if isinstance(flip, torch.Tensor) else np.asarray(flip)
-        order = np.asarray(FLIP_INDEX)
+        order = np.asarray(skeleton.flip_index)
         mirrored = flip.astype(bool)
         original[mirrored] = original[mirrored][:, order]
         scores_np[mirrored] = scores_np[mirrored][:, order]
@@ -74,14 +75,15 @@ def decode_joints(
 
 
 class PoseTask(Task):
-    """Heatmap regression of the 14 LSP joints (plus the CPM background map).
+    """Heatmap regression of the joints of *skeleton* (LSP's 14 by default; plus the CPM background map).
 
     Targets: a Gaussian of peak 1 and *sigma* heatmap pixels at every joint that lies
     inside the network input after cropping and augmentation. Visible and occluded
     joints both get a target, because LSP annotates the position of all 14 joints
     (occluded ones included) and PCK scores all 14; joints pushed outside the input by
-    augmentation get an all-zero map. The background map is ``1 - max`` over the joint
-    maps, as in CPM.
+    augmentation get an all-zero map (unknown joints, NaN, too: datasets that have them
+    train :class:`sslbench.semi.MaskedPoseTask`, which leaves them out of the loss). The
+    background map is ``1 - max`` over the joint maps, as in CPM.
 
     ``loss_scale`` chooses how the loss the optimiser sees is scaled:
 
@@ -105,6 +107,7 @@ class PoseTask(Task):
         margin: float = 0.2,
         centermap_sigma: float | None = None,
         loss_scale: LossScale = "mean",
+        skeleton: Skeleton = LSP,
     ) -> None:
         if not sigma > 0:
             raise ConfigError(f"pose sigma must be > 0, got {sigma!r}")
@@ -119,13 +122,16 @@ class PoseTask(Task):
         self.margin = float(margin)
         self.centermap_sigma = None if centermap_sigma is None else float(centermap_sigma)
         self.loss_scale: LossScale = loss_scale
+        self.skeleton = skeleton
 
     # -- contract ------------------------------------------------------------------------
     @property
     def num_outputs(self) -> int:
-        return NUM_JOINTS + 1
+        return self.skeleton.num_joints + 1
 
     def config(self) -> dict[str, Any]:
+        """The task's settings; ``skeleton`` only when it is not LSP's (LSP configs and run hashes are
+        those of sslbench before skeletons were data)."""
         return {
             "name": self.name,
             "sigma": self.sigma,
@@ -133,6 +139,7 @@ class PoseTask(Task):
             "margin": self.margin,
             "centermap_sigma": self.centermap_sigma,
             "loss_scale": self.loss_scale,
+            **({"skeleton": self.skeleton.to_dict()} if self.skeleton != LSP else {}),
         }
 
     @classmethod
@@ -144,6 +151,8 @@ class PoseTask(Task):
         augment = options.pop("augment", None)
         if augment is not None:
             augment = Augment(**{**augment, "scale": tuple(augment.get("scale", Augment().scale))})
+        if "skeleton" in options:
+            options["skeleton"] = Skeleton.from_dict(options["skeleton"])
         try:
             return cls(augment=augment, **options)
         except TypeError as exc:
@@ -161,23 +170,32 @@ class PoseTask(Task):
         key: SampleKey,
         train: bool,
         geometry: Geometry,
+        box: tuple[float, float, float, float] | None = None,
+        scale: float | None = None,
+        area: float | None = None,
     ) -> dict[str, Any]:
-        """Crop around the person, augment when *train*, render targets.
+        """Crop around the person (its *box* when the dataset has one), augment when *train*, render targets.
 
-        Keys: ``image`` (3, S, S), ``centermap`` (1, S, S), ``target`` (15, m, m),
-        ``matrix`` (3, 3) float64 original->input, ``flip`` (bool), ``joints`` (14, 3)
-        original, ``input_joints`` (14, 3): x, y in input pixels after augmentation and
-        visibility, in the joint order of the (possibly mirrored) input.
+        Keys: ``image`` (3, S, S), ``centermap`` (1, S, S), ``target`` (K+1, m, m),
+        ``matrix`` (3, 3) float64 original->input, ``flip`` (bool), ``joints`` (K, 3)
+        original, ``input_joints`` (K, 3): x, y in input pixels after augmentation and
+        visibility, in the joint order of the (possibly mirrored) input; and the dataset's
+        ``scale`` (PCK normaliser) and ``area`` (OKS) when it gives them
+        (:meth:`~sslbench.interfaces.ImageDataset.annotation`).
         """
         if joints is None:
             raise DataError("the pose task needs joint labels, but the dataset gave none")
         joints = np.asarray(joints, dtype=np.float32)
-        if joints.shape != (NUM_JOINTS, 3):
-            raise DataError(f"pose joints must have shape ({NUM_JOINTS}, 3), got {joints.shape}")
-        if not np.isfinite(joints[:, :2]).any():
+        count = self.skeleton.num_joints
+        if joints.shape != (count, 3):
+            raise DataError(f"pose joints must have shape ({count}, 3) for skeleton {self.skeleton.name}, got {joints.shape}")
+        if box is None and not np.isfinite(joints[:, :2]).any():
             raise DataError(f"image {key.index}: no joint has a finite position")
+        # the dataset's PCK normaliser and OKS area, before "scale" names the augmentation's zoom
+        extras = {name: torch.tensor(float(value), dtype=torch.float64) for name, value in
+                  (("scale", scale), ("area", area)) if value is not None}  # fmt: skip
         size, stride = geometry.input_size, geometry.stride
-        centre, side = person_box(joints, self.margin)
+        centre, side = person_box(joints, self.margin) if box is None else box_square(*box, margin=self.margin)
         rotation, scale, flip = 0.0, 1.0, False
         if train and self.augment is not None:
             rotation, scale, flip = self.augment.draw(key.rng())
@@ -187,7 +205,7 @@ class PoseTask(Task):
         input_xy = transform_points(joints[:, :2], matrix)
         visible = joints[:, 2].copy()
         if flip:  # the person's left is now on the right: swap the labels
-            order = list(FLIP_INDEX)
+            order = list(self.skeleton.flip_index)
             input_xy, visible = input_xy[order], visible[order]
         with np.errstate(invalid="ignore"):
             inside = np.isfinite(input_xy).all(axis=1) & ((input_xy >= 0) & (input_xy <= size - 1)).all(axis=1)
@@ -196,6 +214,7 @@ class PoseTask(Task):
 
         input_joints = np.concatenate([input_xy, visible[:, None]], axis=1).astype(np.float32)
         return {
+            **extras,
             "image": to_tensor(crop),
             "centermap": self.centermap(size),
             "target": torch.from_numpy(target),
@@ -263,8 +282,11 @@ class PoseMetric(Metric):
 
     ``compute()`` returns (percentages on a 0-100 scale):
 
-    - ``pck@0.2``, ``pck@0.1``: PCK over all joints of all images (torso = ground-truth
-      left shoulder to right hip);
+    - ``pck@0.2``, ``pck@0.1``: PCK over all joints of all images, normalised as the skeleton says
+      (LSP: torso = ground-truth left shoulder to right hip; others by the samples' ``scale``);
+      unknown (NaN) joints are not scored;
+    - ``pckh@0.5`` (head-normalised skeletons, MPII) and ``oks.*`` (skeletons with OKS sigmas, COCO:
+      pycocotools' keypoint AP/AR, :mod:`sslbench.oks`);
     - ``auc@0.2``: area under PCK(t) for t in [0, 0.2] (41 thresholds, trapezoid),
       normalised to 0-100;
     - ``joint.<name>``: PCK@0.2 per joint; ``part.<Part>``: per part (left/right averaged)
@@ -278,6 +300,8 @@ class PoseMetric(Metric):
         self.task = task
         self._predicted: list[np.ndarray] = []
         self._truth: list[np.ndarray] = []
+        self._scores: list[np.ndarray] = []
+        self._extras: dict[str, list[np.ndarray]] = {}
         self._loss_sum = 0.0
         self._report_sums: np.ndarray | None = None
         self._count = 0
@@ -285,9 +309,13 @@ class PoseMetric(Metric):
     def update(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> None:
         last = outputs[-1]
         stride = batch["image"].shape[-1] // last.shape[-1]
-        predicted, _ = decode_joints(last, batch["matrix"], stride, batch.get("flip"))
+        predicted, scores = decode_joints(last, batch["matrix"], stride, batch.get("flip"), self.task.skeleton)
         self._predicted.append(predicted)
+        self._scores.append(scores)
         self._truth.append(batch["joints"].detach().cpu().numpy().astype(np.float64))
+        for name in ("scale", "area"):
+            if name in batch:
+                self._extras.setdefault(name, []).append(batch[name].detach().cpu().numpy().astype(np.float64))
         n = last.shape[0]
         self._loss_sum += float(self.task.loss(outputs, batch)) * n
         report = np.asarray(self.task.report_losses(outputs, batch)) * n
@@ -295,25 +323,33 @@ class PoseMetric(Metric):
         self._count += n
 
     def predictions(self) -> tuple[np.ndarray, np.ndarray]:
-        """(predicted (N, 14, 2), ground truth (N, 14, 3)) in original pixels, update order."""
+        """(predicted (N, K, 2), ground truth (N, K, 3)) in original pixels, update order."""
         if not self._count:
-            return np.zeros((0, NUM_JOINTS, 2)), np.zeros((0, NUM_JOINTS, 3))
+            count = self.task.skeleton.num_joints
+            return np.zeros((0, count, 2)), np.zeros((0, count, 3))
         return np.concatenate(self._predicted), np.concatenate(self._truth)
 
     def compute(self) -> dict[str, float]:
         if not self._count:
             raise DataError("pose metric: no samples were evaluated (empty split?)")
         predicted, truth = self.predictions()
+        skeleton = self.task.skeleton
+        extras = {name: np.concatenate(values) for name, values in self._extras.items()}
         distances = pose_metrics.joint_distances(predicted, truth)
-        torso = pose_metrics.torso_sizes(truth)
+        torso = pose_metrics.normalisers(truth, skeleton, extras.get("scale"))
         per_joint = pose_metrics.pck_per_joint(distances, torso, 0.2)
         result = {
             "pck@0.2": pose_metrics.pck(distances, torso, 0.2),
             "pck@0.1": pose_metrics.pck(distances, torso, 0.1),
             "auc@0.2": pose_metrics.auc(distances, torso, 0.2, steps=41),
         }
-        result.update({f"part.{part}": value for part, value in pose_metrics.per_part(per_joint).items()})
-        result.update({f"joint.{name}": float(value) for name, value in zip(JOINT_NAMES, per_joint)})
+        result.update(pose_metrics.skeleton_metrics(distances, torso, skeleton))
+        if skeleton.sigmas is not None and "area" in extras:
+            from sslbench.oks import oks_metrics  # pycocotools, only for skeletons with OKS sigmas
+
+            result.update(oks_metrics(predicted, np.concatenate(self._scores), truth, extras["area"], skeleton.sigmas))
+        result.update({f"part.{part}": value for part, value in pose_metrics.per_part(per_joint, skeleton).items()})
+        result.update({f"joint.{name}": float(value) for name, value in zip(skeleton.joints, per_joint)})
         result["loss"] = self._loss_sum / self._count
         assert self._report_sums is not None
         reports = self._report_sums / self._count

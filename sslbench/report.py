@@ -21,7 +21,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,12 +32,17 @@ from scipy import stats
 from sslbench.config import at_later_default, canonical_options
 from sslbench.errors import ConfigError
 from sslbench.errors import did_you_mean as _hint
-from sslbench.joints import PARTS
 from sslbench.profiles import profile_config
 
 BASELINE = "supervised"
-PART_NAMES: tuple[str, ...] = (*PARTS, "Mean")
 FORMATS = ("terminal", "markdown", "csv", "latex", "html")
+
+def part_names(columns: Iterable[str]) -> list[str]:
+    """The parts of per-part tables among *columns* (``part.<Part>``), in their order, ``Mean`` last:
+    the dataset skeleton's order, as the results table orders them (LSP's for LSP)."""
+    parts = [str(c).split(".", 1)[1] for c in columns if str(c).startswith("part.")]
+    return [p for p in parts if p != "Mean"] + (["Mean"] if "Mean" in parts else [])
+
 
 #: config columns that never distinguish strategies (the axes, machine paths, parallelism)
 _NOT_DISTINGUISHING = {
@@ -140,7 +145,7 @@ def _distinguishing(df: pd.DataFrame) -> list[str]:
     supervised = df["strategy"] == BASELINE
     keys = []
     for column in sorted(c for c in df.columns if c.startswith("config.")):
-        if column in _NOT_DISTINGUISHING or column.endswith((".num_workers", ".device")):
+        if column in _NOT_DISTINGUISHING or column.endswith((".num_workers", ".device", ".tensorboard")):
             continue
         values = df.loc[~supervised, column] if _not_supervised(column) else df[column]
         if values.map(_hashable).nunique(dropna=False) > 1:
@@ -219,7 +224,7 @@ def build_report(df: pd.DataFrame, metric: str = "pck@0.2") -> Report:
     baseline = done[done["strategy"] == BASELINE]
     present = [c for c in done.columns if done[c].notna().any()]
     extra = [c for c in ("test_loss", "report_loss", "converge_epoch", "best_epoch", "epochs_run") if c in present]
-    parts = [f"part.{p}" for p in PART_NAMES if f"part.{p}" in present]
+    parts = [f"part.{p}" for p in part_names(present)]
 
     rows = []
     for (label, size), group in done.groupby(["row", "train_size"], sort=True):
@@ -316,7 +321,7 @@ def views(report: Report) -> list[View]:
         )
     else:
         out.append(View(f"{metric}: difference to {BASELINE}", pd.DataFrame(), f"no {BASELINE} cells: nothing to compare with."))
-    parts = [p for p in PART_NAMES if f"part.{p}" in report.summary.columns]
+    parts = part_names(report.summary.columns)
     if parts:
         for size in report.train_sizes:
             rows = report.summary[report.summary["train_size"] == size].set_index("row")
@@ -563,7 +568,7 @@ def plot_metric_vs_size(report: Report, path: Path) -> Path:
 
 def plot_parts(report: Report, size: int, path: Path) -> Path:
     """Per-part PCK@0.2 bars, one bar per strategy, at one training-set size."""
-    parts = [p for p in PART_NAMES if f"part.{p}" in report.summary.columns]
+    parts = part_names(report.summary.columns)
     data = report.summary[report.summary["train_size"] == size].set_index("row")
     rows = [r for r in report.rows if r in data.index]
     figure = _figure(max(7.0, len(parts) * 0.25 * max(1, len(rows))) + 3.0, 4.5)
@@ -692,7 +697,7 @@ def write_plots(
     directory.mkdir(parents=True, exist_ok=True)
     safe = report.metric.replace("@", "_at_").replace("/", "_")
     written = [plot_metric_vs_size(report, directory / f"{safe}_vs_train_size.png")]
-    if any(f"part.{p}" in report.summary.columns for p in PART_NAMES):
+    if part_names(report.summary.columns):
         written += [plot_parts(report, size, directory / f"parts_{size}.png") for size in report.train_sizes]
     if curves:  # chosen cells, each under its own id
         named = {f"curves_{cell_id}.png": cell_id for cell_id in resolve_cells(report, curves)}

@@ -37,7 +37,11 @@ column                          meaning
 ``train_size``                  the labelled budget: training images drawn for the cell (the whole pool
                                 when ``config.train_size`` is empty), in done and failed records alike
 ``seed``                        run seed (training budget subset, initialisation, augmentation)
-``pck@0.2`` ``pck@0.1``         test PCK at 0.2 / 0.1 x torso size, all 14 joints
+``pck@0.2`` ``pck@0.1``         test PCK at 0.2 / 0.1 x torso size, all 14 joints (other skeletons: all
+                                their labelled joints, x their normaliser: MPII head size, COCO box side)
+``pckh@0.5``                    MPII: PCKh@0.5, every joint but pelvis and thorax (head-normalised skeletons)
+``oks.*``                       COCO-format data: pycocotools' keypoint AP and AR (``oks.ap``, ``oks.ap50``,
+                                ``oks.ap75``, ``oks.ap_medium``, ``oks.ap_large``, ``oks.ar``, ...), in percent
 ``auc@0.2``                     area under the PCK curve for thresholds 0..0.2
 ``val_pck@0.2``                 validation PCK@0.2 of the selected (best) epoch
 ``test_loss``                   test loss of the selected checkpoint
@@ -45,9 +49,12 @@ column                          meaning
 ``best_epoch``                  epoch selected on validation
 ``converge_epoch``              epoch after which validation stopped improving (the report's "converge epochs")
 ``epochs_run``                  downstream epochs actually trained (early stopping ends sooner)
-``joint.<name>``                test PCK@0.2 of one joint (``joint.r_ankle`` ... ``joint.head_top``)
+``joint.<name>``                test PCK@0.2 of one joint (``joint.r_ankle`` ... ``joint.head_top``; the
+                                dataset skeleton's joint names, in its order)
 ``part.<Part>``                 test PCK@0.2 per part, left and right averaged: Head, Shoulder, Elbow,
-                                Wrist, Hip, Knee, Ankle, and Mean
+                                Wrist, Hip, Knee, Ankle, and Mean (the skeleton's parts, in its order)
+``skeleton``                    the dataset's skeleton when it is not LSP's (``coco``, ``mpii``; records of
+                                such cells also name its joints and parts in order)
 ``pretext.<name>``              held-out metrics of the pretext task (e.g. ``pretext.loss``,
                                 ``pretext.tile_acc`` of jigsaw-heatmap); empty for supervised cells
 ``strategy_metrics.<name>``     a strategy's own diagnostics (pseudo-label accuracy, collapse)
@@ -89,7 +96,7 @@ import contextlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import filelock
 import pandas as pd
@@ -105,7 +112,7 @@ SCHEMA = 1
 #: top-level keys of a record of the current schema
 RECORD_KEYS: tuple[str, ...] = (
     "schema", "cell_id", "status", "error", "strategy", "config", "seed", "train_size",
-    "metrics", "pretext_metrics", "strategy_metrics", "timing", "env", "files", "created",
+    "metrics", "pretext_metrics", "strategy_metrics", "timing", "env", "files", "created", "skeleton",
 )  # fmt: skip
 
 #: columns every done cell of the current schema has (missing ones are warned about)
@@ -242,6 +249,7 @@ def records_dataframe(records: list[dict[str, Any]], sources: list[str] | None =
     if not records:
         return pd.DataFrame(columns=list(ID_COLUMNS))
     _check_schemas(records, sources, warn)
+    records, joints, parts = _skeleton_orders(records)
     df = pd.json_normalize(records, sep=".")
     df = df.rename(columns=_column_name)
     if sources is not None:
@@ -267,7 +275,7 @@ def records_dataframe(records: list[dict[str, Any]], sources: list[str] | None =
             df[column] = None
     for column in ("train_size", "seed"):
         df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
-    return df[_column_order(df.columns)].sort_values(["strategy", "train_size", "seed", "cell_id"], na_position="last", kind="stable").reset_index(drop=True)
+    return df[_column_order(df.columns, joints, parts)].sort_values(["strategy", "train_size", "seed", "cell_id"], na_position="last", kind="stable").reset_index(drop=True)
 
 
 def _legacy_precision(df: pd.DataFrame) -> None:
@@ -285,15 +293,34 @@ def _legacy_precision(df: pd.DataFrame) -> None:
         df["env.precision"] = df["env.precision"].where(recorded, ran) if "env.precision" in df.columns else ran
 
 
-def _column_order(columns: Iterable[str]) -> list[str]:
-    """Identification, metrics (documented ones first), breakdowns, timing, env, files, config, bookkeeping."""
+def _skeleton_orders(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """(records with ``skeleton`` as its name, the joint and part names in the skeletons' order): records of
+    a skeleton other than LSP's name its joints and parts (their JSON sorts ``per_joint`` by name)."""
+    joints: list[str] = []
+    parts: list[str] = []
+    flat = []
+    for record in records:
+        skeleton = record.get("skeleton")
+        if isinstance(skeleton, dict):
+            joints += [j for j in skeleton.get("joints", []) if j not in joints]
+            parts += [p for p in skeleton.get("parts", []) if p not in parts]
+            record = {**record, "skeleton": skeleton.get("name")}
+        flat.append(record)
+    joints += [j for j in JOINT_NAMES if j not in joints]  # then LSP's
+    parts += [p for p in (*PARTS, "Mean") if p not in parts]
+    return flat, joints, parts
+
+
+def _column_order(columns: Iterable[str], joints: Sequence[str] = JOINT_NAMES, parts: Sequence[str] = (*PARTS, "Mean")) -> list[str]:
+    """Identification, metrics (documented ones first), breakdowns (in skeleton order), timing, env, files,
+    config, bookkeeping."""
     rest = [c for c in columns if c not in ID_COLUMNS]
     groups = ("joint.", "part.", "pretext.", "timing.", "env.", "files.", "config.")
     last = ("schema", "created", "source")
     metrics = [c for c in EXPECTED_METRICS if c in rest]
     metrics += sorted(c for c in rest if c not in metrics and c not in last and not c.startswith(groups))
     ordered = list(ID_COLUMNS) + metrics
-    known = {"joint.": [f"joint.{j}" for j in JOINT_NAMES], "part.": [f"part.{p}" for p in (*PARTS, "Mean")]}
+    known = {"joint.": [f"joint.{j}" for j in joints], "part.": [f"part.{p}" for p in parts]}
     for prefix in groups:
         found = [c for c in rest if c.startswith(prefix)]
         order = known.get(prefix, [])
@@ -363,7 +390,9 @@ def _warn_missing(df: pd.DataFrame, warn: Warn) -> None:
     if not done.any():
         return
     expected = list(EXPECTED_METRICS) + list(EXPECTED_TIMING)
-    expected += [f"part.{p}" for p in (*PARTS, "Mean")]
+    # LSP's parts, unless every record is of another skeleton (which names its own)
+    lsp_parts = "skeleton" not in df.columns or df["skeleton"].isna().any()
+    expected += [f"part.{p}" for p in ((*PARTS, "Mean") if lsp_parts else ("Mean",))]
     absent = [c for c in expected if c not in df.columns]
     for column in absent:
         df[column] = float("nan")

@@ -29,9 +29,10 @@ from sslbench.config import RunConfig
 from sslbench.data import TaskDataset
 from sslbench.errors import SSLBenchError
 from sslbench.phases import open_dataset
-from sslbench.pose import PoseTask
 from sslbench.registry import Registry, default_registry
 from sslbench.results import SCHEMA
+from sslbench.semi import pose_task_for
+from sslbench.skeleton import LSP, Skeleton
 from sslbench.strategies import Cell, strategy_of
 from sslbench.train import evaluate, resolve_device, resolve_precision
 
@@ -91,7 +92,7 @@ def run_cell(
     # checkout moves on while it trains
     env = environment.describe(resolve_device(config.downstream.device), config.downstream.precision)
 
-    pose = PoseTask(sigma=config.sigma, loss_scale=config.loss_scale)
+    pose = pose_task_for(data, sigma=config.sigma, loss_scale=config.loss_scale)
     cell = Cell(config, registry, Path(workdir), run_dir, data, splits, pose, resume=resume, console=console)
     model = strategy.initialise(cell)
     geometry = cell.geometry(model)
@@ -120,6 +121,7 @@ def run_cell(
         "seed": config.seed,
         "train_size": len(splits.train),  # the budget (the whole pool when None), not a per-epoch cap
         "metrics": pose_metrics(test_metrics, fitted),
+        **skeleton_of_record(pose.skeleton),
         "pretext_metrics": pretrained["metrics"] if pretrained else {},
         **({"strategy_metrics": cell.metrics} if cell.metrics else {}),
         "timing": {
@@ -145,12 +147,22 @@ def run_cell(
     return record
 
 
+def skeleton_of_record(skeleton: Skeleton) -> dict[str, Any]:
+    """A record's ``skeleton`` (name, joint and part order: its JSON sorts ``per_joint`` by name), for
+    skeletons other than LSP's; records of LSP cells have none, as before skeletons were data."""
+    if skeleton == LSP:
+        return {}
+    return {"skeleton": {"name": skeleton.name, "joints": list(skeleton.joints), "parts": list(skeleton.part_names)}}
+
+
 def pose_metrics(test: dict[str, float], fitted: Any) -> dict[str, Any]:
     """Test metrics plus what model selection saw, in the record's layout."""
     return {
         "pck@0.2": test["pck@0.2"],
         "pck@0.1": test["pck@0.1"],
         "auc@0.2": test["auc@0.2"],
+        # what a skeleton is also scored by: PCKh@0.5 (MPII), OKS AP/AR (COCO-format data)
+        **{k: v for k, v in test.items() if k.startswith(("pckh@", "oks."))},
         "per_joint": {k.split(".", 1)[1]: v for k, v in test.items() if k.startswith("joint.")},
         "per_part": {k.split(".", 1)[1]: v for k, v in test.items() if k.startswith("part.")},
         "test_loss": test["loss"],

@@ -3,7 +3,8 @@ mix the labelled budget with unlabelled images, and the network's view of an unl
 
 - :class:`MaskedPoseTask`: the pose task whose joints may be unknown (NaN): an unknown joint's
   map, and the background map of an image with any unknown joint, are left out of the loss
-  (weight 0), instead of being taught to show no joint.
+  (weight 0), instead of being taught to show no joint. Pseudo-labels have unknown joints, and
+  so do datasets with :attr:`~sslbench.interfaces.ImageDataset.unknown_joints` (COCO, MPII).
 - :class:`MixedTaskDataset`: every epoch the whole labelled budget plus a fresh, seeded subset
   of the unlabelled images (``per_epoch``), so an epoch costs a known multiple of a labelled one.
 - :func:`unlabelled_crop`: where an unlabelled image's person is assumed to be: the centred square
@@ -21,9 +22,9 @@ import torch
 from sslbench.data import TaskDataset
 from sslbench.errors import ConfigError
 from sslbench.interfaces import Geometry, ImageDataset, SampleKey
-from sslbench.joints import FLIP_INDEX
 from sslbench.pipeline import centre_square
 from sslbench.pose import PoseTask
+from sslbench.skeleton import Skeleton
 
 #: mixed into the seed of the unlabelled subset of each epoch
 _UNLABELLED_WORD = 15485863
@@ -37,19 +38,20 @@ def unlabelled_crop(image: np.ndarray, side: float) -> tuple[tuple[float, float]
 
 
 class MaskedPoseTask(PoseTask):
-    """:class:`PoseTask` whose samples carry ``weight`` (15,): 0 for the map of an unknown (NaN) joint,
+    """:class:`PoseTask` whose samples carry ``weight`` (K+1,): 0 for the map of an unknown (NaN) joint,
     and for the background map of an image with any unknown joint; 1 elsewhere. The loss is the
     weighted MSE, equal to the pose loss when every joint is known."""
 
     name = "pose-masked"
 
     def make_sample(
-        self, image: np.ndarray, joints: np.ndarray | None, key: SampleKey, train: bool, geometry: Geometry
+        self, image: np.ndarray, joints: np.ndarray | None, key: SampleKey, train: bool, geometry: Geometry,
+        **annotation: Any,
     ) -> dict[str, Any]:
-        sample = super().make_sample(image, joints, key, train, geometry)
+        sample = super().make_sample(image, joints, key, train, geometry, **annotation)
         known = torch.isfinite(sample["joints"][:, :2]).all(dim=1).float()
         if bool(sample["flip"]):  # channels follow the mirrored joint order
-            known = known[list(FLIP_INDEX)]
+            known = known[list(self.skeleton.flip_index)]
         background = known.min().reshape(1)
         sample["weight"] = torch.cat([known, background])
         return sample
@@ -65,6 +67,13 @@ class MaskedPoseTask(PoseTask):
         return total
 
 
+def pose_task_for(dataset: ImageDataset, **options: Any) -> PoseTask:
+    """The pose task of *dataset*'s skeleton (*options*: :class:`PoseTask`'s): :class:`MaskedPoseTask`
+    when its joints may be unknown, so they are left out of the loss."""
+    task = MaskedPoseTask if dataset.unknown_joints else PoseTask
+    return task(skeleton=dataset.skeleton, **options)
+
+
 class JointsOverride(ImageDataset):
     """A labelled view of *images* with the given joints (NaN where unknown): pseudo-labels."""
 
@@ -78,6 +87,10 @@ class JointsOverride(ImageDataset):
     @property
     def labelled(self) -> bool:
         return True
+
+    @property
+    def skeleton(self) -> Skeleton:
+        return self.images.skeleton
 
     def __len__(self) -> int:
         return len(self.images)
@@ -111,6 +124,10 @@ class Concat(ImageDataset):
     @property
     def labelled(self) -> bool:
         return self.first.labelled and self.second.labelled
+
+    @property
+    def skeleton(self) -> Skeleton:
+        return self.first.skeleton
 
     def __len__(self) -> int:
         return self.offset + len(self.second)

@@ -33,6 +33,7 @@ from sslbench.interfaces import Backbone, Geometry, ImageDataset, Splits, Strate
 from sslbench.phases import build_backbone, open_dataset, pretrain, train_and_val
 from sslbench.pose import PoseTask
 from sslbench.registry import Registry
+from sslbench.skeleton import LSP
 from sslbench.train import FitResult, fit
 from sslbench.transfer import transfer
 
@@ -138,6 +139,13 @@ class SemiSupervised(Strategy):
     def label(self, config: Any) -> str:
         return f"{transfer_label(config)} + {self.name}" if config.policy != "none" else self.name
 
+    def require_lsp_skeleton(self, cell: Cell) -> None:
+        """The first-party semi-supervised strategies handle LSP's 14 joints only (their flips, cut-outs
+        and labeller scores assume it): a ConfigError for a dataset of another skeleton."""
+        if cell.data.skeleton != LSP:
+            raise ConfigError(f"strategy {self.name} handles LSP's 14 joints only so far; --data {cell.config.data} "
+                              f"has skeleton {cell.data.skeleton.name} ({cell.data.skeleton.num_joints} joints)")  # fmt: skip
+
 
 def require_unlabelled(config: RunConfig, strategy: str) -> None:
     """The pose-phase pool must be named by strategies that train on unlabelled images."""
@@ -145,6 +153,15 @@ def require_unlabelled(config: RunConfig, strategy: str) -> None:
         raise ConfigError(
             f"strategy {strategy} trains on unlabelled images: give --unlabelled-data (and --unlabelled-root)"
         )
+
+
+def same_images(a: ImageDataset, b: ImageDataset) -> bool:
+    """Whether two datasets hold the same images: their descriptions agree but for name, labels and count
+    (``lsp`` twice on one folder; ``synthetic`` and ``synthetic-unlabelled`` with one render seed)."""
+    ignored = ("name", "labelled", "size")
+    return {k: v for k, v in a.describe().items() if k not in ignored} == {
+        k: v for k, v in b.describe().items() if k not in ignored
+    }
 
 
 @dataclass
@@ -208,12 +225,14 @@ class Cell:
         training split (held-out images are never used). An LSP pool may not hold the test images."""
         c = self.config
         require_unlabelled(c, c.strategy_name)
-        if c.unlabelled_data == c.data and c.protocol != "report":
+        pool = open_dataset(self.registry, c.unlabelled_data, c.unlabelled_root, c.unlabelled_data_options,
+                            "--unlabelled-data")  # fmt: skip
+        if c.protocol != "report" and same_images(pool, self.data):
             raise ConfigError(
                 f"--unlabelled-data {c.unlabelled_data} is the labelled dataset itself: its test images "
-                "would be trained on (use a separate pool such as lspet)"
+                "would be trained on (use a separate pool such as lspet, or other synthetic people: "
+                "--set unlabelled_data_options.seed=1)"
             )
-        pool = open_dataset(self.registry, c.unlabelled_data, c.unlabelled_root, {}, "--unlabelled-data")
         test_files = {Path(self.data.paths[i]).resolve() for i in self.splits.test} if hasattr(self.data, "paths") else set()
         overlap = test_files & {Path(p).resolve() for p in getattr(pool, "paths", [])}
         if overlap:
@@ -260,5 +279,6 @@ class Cell:
         """This cell's config as the strategy its initialisation implies (supervised, or transfer):
         the same start, trained on the labelled budget only."""
         c = self.config
-        fields = {**c.to_dict(), "strategy": None, "strategy_options": {}, "unlabelled_data": None, "unlabelled_root": None}
+        unlabelled = {"unlabelled_data": None, "unlabelled_root": None, "unlabelled_data_options": {}}
+        fields = {**c.to_dict(), "strategy": None, "strategy_options": {}, **unlabelled}
         return RunConfig.from_dict(fields)

@@ -58,10 +58,11 @@ from sslbench.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from sslbench.config import RunConfig, TrainSettings, config_hash
+from sslbench.config import OUTPUT_ONLY, RunConfig, TrainSettings, config_hash
 from sslbench.data import TaskDataset, distributed, make_loader
 from sslbench.errors import CheckpointError, ConfigError
 from sslbench.interfaces import Backbone, Task
+from sslbench.live_curves import TrainingCurves
 
 METRICS_FILE = "metrics.jsonl"
 LAST = "last"
@@ -475,7 +476,7 @@ def _fit_key(
     model: nn.Module, task: Task, train_set: TaskDataset, val_set: TaskDataset, settings: TrainSettings, seed: int
 ) -> str:
     """Hash of everything that makes a run directory's checkpoints belong to this call."""
-    relevant = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("device", "num_workers")}
+    relevant = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("device", "num_workers", *OUTPUT_ONLY)}
     return config_hash(
         {
             "task": task.config(),
@@ -638,6 +639,7 @@ def fit(
         "device": str(device),
     }
     result: FitResult | None = None
+    curves = TrainingCurves(run_dir, settings.tensorboard and writer, first_epoch=state.epoch + 1)
     for epoch in range(state.epoch + 1, settings.epochs + 1):
         started = time.perf_counter()
         lr = float(optimizer.param_groups[0]["lr"])
@@ -691,6 +693,7 @@ def fit(
             result = _result(state, task)
         if writer:
             append_jsonl(metrics_path, record)
+            curves.add_epoch(record)
             _save_last(
                 last_path, model, own_parts, optimizer, scheduler, state, fit_key, base_meta, val_metrics, result
             )
@@ -708,6 +711,7 @@ def fit(
         if finished:
             break
 
+    curves.close()
     if result is None:  # resumed a run whose last epoch was already the final one
         result = _result(state, task)
     if best_state is not None:

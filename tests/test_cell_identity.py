@@ -11,11 +11,12 @@ import pytest
 from sslbench import runner
 from sslbench.cli_run import build_config
 from sslbench.config import RunConfig
+from sslbench.experiment.plan import expand
+from sslbench.experiment.spec import SweepSpec
 from sslbench.phases import pretext_cache_dir
 from sslbench.profiles import profile_config
 from sslbench.registry import default_registry
 from sslbench.strategies import label
-from sslbench.sweep import SweepSpec, expand
 from sslbench.train import resolve_precision
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -50,14 +51,18 @@ def test_a_sweep_gives_each_backbone_its_own_profile_options() -> None:
 
 
 def rotation(**fields) -> RunConfig:
-    return RunConfig.from_dict({**profile_config("smoke").to_dict(), "pretext": "rotation", "policy": "first", **fields})
+    return RunConfig.from_dict(
+        {**profile_config("smoke").to_dict(), "pretext": "rotation", "policy": "first", **fields}
+    )
 
 
 @pytest.mark.parametrize(
     "pretext, options",
     [("rotation", {"augment": True}), ("jigsaw-heatmap", {"permutations": "fixed:10", "gap": 5, "sigma": None})],
 )
-def test_spelling_out_a_pretext_default_is_the_same_cell_and_cache_entry(tmp_path: Path, pretext: str, options: dict) -> None:
+def test_spelling_out_a_pretext_default_is_the_same_cell_and_cache_entry(
+    tmp_path: Path, pretext: str, options: dict
+) -> None:
     plain, spelled = rotation(pretext=pretext), rotation(pretext=pretext, pretext_options=options)
     assert spelled.cell_id == plain.cell_id
     assert pretext_cache_dir(tmp_path, spelled) == pretext_cache_dir(tmp_path, plain)
@@ -117,14 +122,19 @@ def tiny(**fields) -> RunConfig:
 
 @pytest.mark.slow
 def test_done_and_failed_records_state_the_same_budget(tmp_path: Path) -> None:
-    from sslbench.sweep import Cell, failed_record
+    from sslbench.experiment.executor import failed_record
+    from sslbench.experiment.plan import Cell
 
     capped = tiny()
     capped.downstream.samples_per_epoch = 4
     assert runner.run_cell(capped, tmp_path)["train_size"] == 6  # the budget, not the 4 images drawn per epoch
     assert failed_record(Cell.of(capped, default_registry()), "boom", 0.0)["train_size"] == 6
     whole = tiny(train_size=None)  # the whole pool
-    assert runner.run_cell(whole, tmp_path)["train_size"] == failed_record(Cell.of(whole, default_registry()), "boom", 0.0)["train_size"] == 11
+    assert (
+        runner.run_cell(whole, tmp_path)["train_size"]
+        == failed_record(Cell.of(whole, default_registry()), "boom", 0.0)["train_size"]
+        == 11
+    )
 
 
 # ------------------------------------------------------------------------------------ precision

@@ -202,7 +202,7 @@ def test_the_map_affine_moves_a_point_of_the_easy_view_onto_the_hard_view():
 @pytest.mark.slow
 def test_consistency_trains_and_measures_collapse(tmp_path: Path):
     result = CliRunner().invoke(main, ["run", *TINY, "--strategy", "consistency", "--unlabelled-data", "synthetic-unlabelled",
-                                       "--set", "pretext_data_options.size=24", "--workdir", str(tmp_path / "runs"),
+                                       "--set", "unlabelled_data_options.seed=1", "--set", "pretext_data_options.size=24", "--workdir", str(tmp_path / "runs"),
                                        "--results", str(tmp_path / "res")], catch_exceptions=False)  # fmt: skip
     assert result.exit_code == 0, result.output
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "res" / "cells").glob("*.json")]
@@ -214,7 +214,8 @@ def test_consistency_trains_and_measures_collapse(tmp_path: Path):
 def test_pseudo_labels_are_stored_with_the_cell_and_reused_when_it_resumes(tmp_path: Path, monkeypatch):
     config = RunConfig.from_dict({
         **profile_config("smoke").to_dict(), "train_size": 6, "strategy": "pseudo-label",
-        "unlabelled_data": "synthetic-unlabelled", "strategy_options": {"threshold": 0.0, "min_joints": 1, "images": 8},
+        "unlabelled_data": "synthetic-unlabelled", "unlabelled_data_options": {"seed": 1},
+        "strategy_options": {"threshold": 0.0, "min_joints": 1, "images": 8},
     })  # fmt: skip
     config = set_path(set_path(config, ["backbone_options", "input_size"], 32), ["downstream", "epochs"], 1)
     config = resolve_precision(set_path(config, ["data_options", "size"], 24))
@@ -225,7 +226,8 @@ def test_pseudo_labels_are_stored_with_the_cell_and_reused_when_it_resumes(tmp_p
     assert record["strategy_metrics"]["round1.images_kept"] == 8
     assert {"teacher_s", "pseudo_label_s", "student1_s"} <= set(record["timing"])
     assert "round1.val_pck@0.2_all" in record["strategy_metrics"]
-    supervised = RunConfig.from_dict({**config.to_dict(), "strategy": None, "strategy_options": {}, "unlabelled_data": None})
+    supervised = RunConfig.from_dict({**config.to_dict(), "strategy": None, "strategy_options": {}, "unlabelled_data": None,
+                                      "unlabelled_data_options": {}})  # fmt: skip
     teacher_curves = tmp_path / "cells" / supervised.cell_id / "downstream" / "metrics.jsonl"
     assert teacher_curves.exists()  # the teacher is the supervised cell's run: trained once, for both
     assert run_cell(supervised, tmp_path)["metrics"]["val_pck@0.2"] == record["strategy_metrics"]["teacher_val_pck@0.2"]
@@ -248,10 +250,14 @@ def test_pseudo_labels_are_stored_with_the_cell_and_reused_when_it_resumes(tmp_p
     assert again["metrics"]["pck@0.2"] == record["metrics"]["pck@0.2"]
 
 
-def test_an_unlabelled_pool_that_is_the_labelled_dataset_is_refused(tmp_path: Path):
-    config = RunConfig.from_dict({**profile_config("smoke").to_dict(), "strategy": "consistency",
-                                  "unlabelled_data": "synthetic"})  # fmt: skip
-    with pytest.raises(ConfigError, match="is the labelled dataset itself"):
+@pytest.mark.parametrize(
+    "pool",
+    [{"unlabelled_data": "synthetic"}, {"unlabelled_data": "synthetic-unlabelled"},  # the same render seed
+     {"unlabelled_data": "synthetic", "unlabelled_data_options": {"size": 50}}],
+)  # fmt: skip
+def test_an_unlabelled_pool_that_is_the_labelled_dataset_is_refused(tmp_path: Path, pool: dict):
+    config = RunConfig.from_dict({**profile_config("smoke").to_dict(), "strategy": "consistency", **pool})
+    with pytest.raises(ConfigError, match="is the labelled dataset itself.*unlabelled_data_options.seed=1"):
         run_cell(config, tmp_path)
 
 

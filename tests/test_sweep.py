@@ -16,29 +16,17 @@ import pytest
 from click.testing import CliRunner
 
 import sslbench.cli_sweep
-import sslbench.sweep
 from sslbench.config import RunConfig, config_hash
 from sslbench.errors import ConfigError
+from sslbench.experiment.estimate import Estimator, cached_pretrainings
+from sslbench.experiment.executor import execute_cell, next_cell, run_sweep, worker_threads
+from sslbench.experiment.plan import Cell, Plan, expand, parse_shard, shard_cells, split_policy
+from sslbench.experiment.spec import SPEC_KEYS, SweepSpec, find_line, load_spec
 from sslbench.hookspecs import hookimpl
 from sslbench.joints import JOINT_NAMES, PARTS
 from sslbench.registry import Entry, Registry
 from sslbench.results import ResultsStore, load_results, write_record
 from sslbench.strategies import transfer_label
-from sslbench.sweep import (
-    Cell,
-    Estimator,
-    SweepSpec,
-    cached_pretrainings,
-    execute_cell,
-    expand,
-    find_line,
-    load_spec,
-    next_cell,
-    parse_shard,
-    run_sweep,
-    shard_cells,
-    worker_threads,
-)
 from sslbench_plugins import supervised as supervised_plugin
 from sslbench_plugins import transfer as transfer_plugin
 
@@ -225,7 +213,9 @@ def test_unknown_spec_key_names_line_and_suggests(tmp_path: Path, registry: Regi
 
 def test_unknown_setting_in_set_table_names_line_and_suggests(tmp_path: Path, registry: Registry) -> None:
     spec = load_spec(write_spec(tmp_path, 'profile = "smoke"\n[set]\ndownstream.epochz = 3\n'))
-    with pytest.raises(ConfigError, match=r"bench\.toml:3: set\.downstream\.epochz: .*Did you mean 'downstream\.epochs'"):
+    with pytest.raises(
+        ConfigError, match=r"bench\.toml:3: set\.downstream\.epochz: .*Did you mean 'downstream\.epochs'"
+    ):
         expand(spec, registry)
 
 
@@ -238,7 +228,9 @@ def test_setting_of_wrong_type_is_reported_with_line(tmp_path: Path, registry: R
 def test_unknown_plugin_in_spec_list_names_its_line_and_suggests(tmp_path: Path, registry: Registry) -> None:
     text = 'pretexts = [\n  "none",\n  "jigsaw-heatmapp",\n]\npolicies = ["none", "first"]\n'
     spec = load_spec(write_spec(tmp_path, text))
-    with pytest.raises(ConfigError, match=r"bench\.toml:3: pretexts: unknown pretext 'jigsaw-heatmapp'\. Did you mean 'jigsaw-heatmap'"):
+    with pytest.raises(
+        ConfigError, match=r"bench\.toml:3: pretexts: unknown pretext 'jigsaw-heatmapp'\. Did you mean 'jigsaw-heatmap'"
+    ):
         expand(spec, registry)
 
 
@@ -250,10 +242,14 @@ def test_unknown_plugin_from_command_line_names_the_option(registry: Registry) -
 
 def test_bad_pretext_options_are_reported_before_any_training(tmp_path: Path, registry: Registry) -> None:
     spec = load_spec(write_spec(tmp_path, SPEC.replace("augment = false", "augmnt = false")))
-    with pytest.raises(ConfigError, match=r"bench\.toml:12: pretext_options\.rotation: pretext 'rotation' does not accept"):
+    with pytest.raises(
+        ConfigError, match=r"bench\.toml:12: pretext_options\.rotation: pretext 'rotation' does not accept"
+    ):
         expand(spec, registry)
     spec = load_spec(write_spec(tmp_path, SPEC.replace("augment = false", "augment = 3")))
-    with pytest.raises(ConfigError, match=r"bench\.toml:12: pretext_options\.rotation: pretext rotation: option augment"):
+    with pytest.raises(
+        ConfigError, match=r"bench\.toml:12: pretext_options\.rotation: pretext rotation: option augment"
+    ):
         expand(spec, registry)
 
 
@@ -263,7 +259,10 @@ def test_invalid_toml_and_wrong_types_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"bench\.toml:1: seeds: expected integers, got 'x'"):
         load_spec(write_spec(tmp_path, 'seeds = [0, "x"]\n'))
     with pytest.raises(ConfigError, match="unknown mode 'frozn'"):
-        expand(SweepSpec(pretexts=["rotation"], policies=["first:frozn"]), Registry(plugins=[Plugin()], load_entrypoints=False))
+        expand(
+            SweepSpec(pretexts=["rotation"], policies=["first:frozn"]),
+            Registry(plugins=[Plugin()], load_entrypoints=False),
+        )
 
 
 def test_find_line_understands_tables_and_dotted_keys() -> None:
@@ -294,7 +293,9 @@ def test_nonsense_pairs_are_pruned_and_listed(tmp_path: Path, registry: Registry
 
 
 def test_sweep_where_everything_is_pruned_is_an_error(registry: Registry) -> None:
-    with pytest.raises(ConfigError, match="no cells, every pretext x policy pair was pruned .*pretext none x policy first"):
+    with pytest.raises(
+        ConfigError, match="no cells, every pretext x policy pair was pruned .*pretext none x policy first"
+    ):
         expand(SweepSpec(pretexts=["none"], policies=["first"]), registry)
 
 
@@ -309,7 +310,7 @@ def test_cells_carry_overrides_modes_and_per_pretext_options(tmp_path: Path, reg
 
 def test_supervised_cells_do_not_depend_on_pretext_settings(tmp_path: Path, registry: Registry) -> None:
     plain = plan_of(tmp_path, registry)
-    other = plan_of(tmp_path, registry, SPEC.replace("[set]", '[set]\npretext_images = 8\npretrain.epochs = 4'))
+    other = plan_of(tmp_path, registry, SPEC.replace("[set]", "[set]\npretext_images = 8\npretrain.epochs = 4"))
     supervised = {c.cell_id for c in plain.cells if c.config.pretext == "none"}
     assert supervised == {c.cell_id for c in other.cells if c.config.pretext == "none"}
     assert not ({c.cell_id for c in plain.cells} - supervised) & {c.cell_id for c in other.cells}
@@ -332,7 +333,9 @@ def test_sweep_name_must_be_a_plain_directory_name(registry: Registry) -> None:
 
 def test_cell_ids_are_config_hashes_and_stable(tmp_path: Path, registry: Registry) -> None:
     first = plan_of(tmp_path, registry)
-    reordered = SPEC.replace("seeds = [0, 1]", "seeds = [1, 0, 1]").replace('"none", "jigsaw-heatmap"', '"jigsaw-heatmap", "none"')
+    reordered = SPEC.replace("seeds = [0, 1]", "seeds = [1, 0, 1]").replace(
+        '"none", "jigsaw-heatmap"', '"jigsaw-heatmap", "none"'
+    )
     second = plan_of(tmp_path, registry, reordered)
     assert sorted(c.cell_id for c in first.cells) == sorted(c.cell_id for c in second.cells)
     for cell in first.cells:
@@ -492,7 +495,9 @@ def test_sigterm_stops_a_parallel_sweep_and_its_workers_without_recording_a_fail
     from sslbench.cli import Terminated, sigterm_as_interrupt
 
     cell = plan_of(tmp_path, registry).cells[0]
-    doomed = Cell.of(RunConfig.from_dict({**cell.config.to_dict(), "seed": 8}), registry)  # its worker SIGTERMs the sweep
+    doomed = Cell.of(
+        RunConfig.from_dict({**cell.config.to_dict(), "seed": 8}), registry
+    )  # its worker SIGTERMs the sweep
     before = signal.getsignal(signal.SIGTERM)
     start = time.monotonic()
     with pytest.raises(Terminated), sigterm_as_interrupt():
@@ -530,7 +535,7 @@ def test_estimate_times_real_steps_without_records(tmp_path: Path, registry: Reg
     estimates = estimator.estimates(cells)
     assert all(seconds is not None and seconds > 0 for seconds in estimates.values())
     assert any("measured on random tensors" in source for source in estimator.sources.values())
-    for group in sslbench.sweep.Plan("t", cells).pretrainings().values():
+    for group in Plan("t", cells).pretrainings().values():
         first = group[0]
         twin = next(c for c in group[1:] if c.config.train_size == first.config.train_size)
         assert estimates[first.cell_id] > estimates[twin.cell_id]  # the shared pretraining is charged once
@@ -540,7 +545,7 @@ def test_estimate_charges_nothing_for_a_cached_pretraining(tmp_path: Path, regis
     from sslbench.phases import pretext_cache_dir
 
     cells = plan_of(tmp_path, registry).cells
-    group = next(iter(sslbench.sweep.Plan("t", cells).pretrainings().values()))
+    group = next(iter(Plan("t", cells).pretrainings().values()))
     first = group[0]
     twin = next(c for c in group[1:] if c.config.train_size == first.config.train_size)
     assert cached_pretrainings(cells, tmp_path / "runs") == set()
@@ -568,7 +573,7 @@ def cli_group() -> Any:
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, registry: Registry, tmp_path: Path) -> CliRunner:
     monkeypatch.setattr(sslbench.cli_sweep, "default_registry", lambda: registry)
-    monkeypatch.setattr("sslbench.sweep._default_runner", lambda: CountingRunner(fail_seeds={5}))
+    monkeypatch.setattr("sslbench.experiment.executor._default_runner", lambda: CountingRunner(fail_seeds={5}))
     monkeypatch.chdir(tmp_path)
     return CliRunner()
 
@@ -611,8 +616,20 @@ def test_cli_sigterm_ends_the_command_with_exit_143_and_keeps_finished_cells(
         finished.append(config.seed)
         return fake_record(config, workdir)
 
-    monkeypatch.setattr("sslbench.sweep._default_runner", lambda: runner)
-    args = ["sweep", "--profile", "smoke", "--backbones", "tinynet", "--train-sizes", "8", "--seeds", "0,1", "--name", "t"]
+    monkeypatch.setattr("sslbench.experiment.executor._default_runner", lambda: runner)
+    args = [
+        "sweep",
+        "--profile",
+        "smoke",
+        "--backbones",
+        "tinynet",
+        "--train-sizes",
+        "8",
+        "--seeds",
+        "0,1",
+        "--name",
+        "t",
+    ]
     result = cli.invoke(cli_group(), args)
     assert result.exit_code == 143 and result.output.strip().endswith("terminated"), result.output
     records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "t" / "cells").glob("*.json")]
@@ -624,7 +641,7 @@ def test_cli_bad_input_is_one_line_exit_2(cli: CliRunner, tmp_path: Path) -> Non
     result = cli.invoke(cli_group(), ["sweep", str(spec)])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        f"error: {spec}:2: seed: unknown key 'seed'. Did you mean 'seeds'? Known keys: " + ", ".join(sslbench.sweep.SPEC_KEYS)
+        f"error: {spec}:2: seed: unknown key 'seed'. Did you mean 'seeds'? Known keys: " + ", ".join(SPEC_KEYS)
     ]
     for args, message in (
         (["sweep", "--pretexts", "rotaton"], "--pretexts: unknown pretext 'rotaton'. Did you mean 'rotation'?"),
@@ -644,26 +661,30 @@ def test_report_formats_match_the_cli_choices() -> None:
 
 
 def test_rows_key_keeps_only_the_listed_cells(tmp_path: Path, registry: Registry) -> None:
-    text = SPEC.replace('seeds = [0, 1]', 'seeds = [0, 1]\nrows = ["supervised", "rotation/first+middle:frozen"]')
+    text = SPEC.replace("seeds = [0, 1]", 'seeds = [0, 1]\nrows = ["supervised", "rotation/first+middle:frozen"]')
     plan = plan_of(tmp_path, registry, text)
     assert {cell.row for cell in plan.cells} == {"supervised", "rotation/first+middle:frozen"}
     assert len(plan.cells) == 2 * 2 * 2
 
 
 def test_a_row_that_matches_nothing_is_an_error_with_its_line(tmp_path: Path, registry: Registry) -> None:
-    text = SPEC.replace('seeds = [0, 1]', 'seeds = [0, 1]\nrows = ["rotation/all"]')
+    text = SPEC.replace("seeds = [0, 1]", 'seeds = [0, 1]\nrows = ["rotation/all"]')
     with pytest.raises(ConfigError, match=r"bench\.toml:8: rows: row 'rotation/all' matches no cell"):
         plan_of(tmp_path, registry, text)
 
 
 def test_an_old_spec_listing_row_labels_as_strategies_is_told_to_write_rows(tmp_path: Path, registry: Registry) -> None:
-    text = SPEC.replace('seeds = [0, 1]', 'seeds = [0, 1]\nstrategies = ["supervised", "rotation/all"]')
-    with pytest.raises(ConfigError, match=r"bench\.toml:8: strategies: 'rotation/all' is a row label.*write `rows = \[\.\.\.\]`"):
+    text = SPEC.replace("seeds = [0, 1]", 'seeds = [0, 1]\nstrategies = ["supervised", "rotation/all"]')
+    with pytest.raises(
+        ConfigError, match=r"bench\.toml:8: strategies: 'rotation/all' is a row label.*write `rows = \[\.\.\.\]`"
+    ):
         plan_of(tmp_path, registry, text)
 
 
-def test_strategies_axis_multiplies_the_product_and_prunes_what_a_strategy_refuses(tmp_path: Path, registry: Registry) -> None:
-    text = SPEC.replace('seeds = [0, 1]', 'seeds = [0, 1]\nstrategies = ["supervised", "transfer"]')
+def test_strategies_axis_multiplies_the_product_and_prunes_what_a_strategy_refuses(
+    tmp_path: Path, registry: Registry
+) -> None:
+    text = SPEC.replace("seeds = [0, 1]", 'seeds = [0, 1]\nstrategies = ["supervised", "transfer"]')
     plan = plan_of(tmp_path, registry, text)
     default = plan_of(tmp_path, registry)
     assert {c.cell_id for c in plan.cells} == {c.cell_id for c in default.cells}  # spelled out = implied
@@ -690,7 +711,9 @@ def test_sweep_prints_plain_progress_lines_with_cells_left_and_an_eta_without_a_
     total = len(cells)
     assert lines[0].startswith(f"sweep t: 0/{total} cells finished") and "time left unknown" in lines[0]
     assert any(f"1/{total} cells finished" in line and "left" in line and "~" in line for line in lines)
-    assert lines[-1].startswith(f"sweep t: {total}/{total} cells finished (done {total}, failed 0), 0 running, 0 waiting")
+    assert lines[-1].startswith(
+        f"sweep t: {total}/{total} cells finished (done {total}, failed 0), 0 running, 0 waiting"
+    )
     assert lines[-1].endswith("elapsed, nothing left")
 
 
@@ -714,15 +737,17 @@ def default_registry_for_demo():
     return default_registry()
 
 
-@pytest.mark.parametrize("spelling, frozen", [("first:freeze", True), ("first:frozen", True), ("first:fine-tune", False), ("first", False)])
+@pytest.mark.parametrize(
+    "spelling, frozen", [("first:freeze", True), ("first:frozen", True), ("first:fine-tune", False), ("first", False)]
+)
 def test_sweep_policies_accept_every_spelling_run_accepts(spelling: str, frozen: bool, registry: Registry) -> None:
     from sslbench.transfer import parse_policy
 
-    assert sslbench.sweep.split_policy(spelling) == parse_policy(spelling) == ("first", frozen)
+    assert split_policy(spelling) == parse_policy(spelling) == ("first", frozen)
     plan = expand(SweepSpec(pretexts=["rotation"], policies=[spelling]), registry)
     assert {cell.config.freeze for cell in plan.cells} == {frozen}
 
 
 def test_a_sweep_policy_of_an_unknown_mode_names_the_option(registry: Registry) -> None:
     with pytest.raises(ConfigError, match=r"--policies: 'first:melted': unknown mode 'melted'"):
-        sslbench.sweep.split_policy("first:melted")
+        split_policy("first:melted")

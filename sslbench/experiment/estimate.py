@@ -1,0 +1,222 @@
+"""Sweep time estimates: seconds per cell from earlier records or a short timed measurement."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sslbench import strategies
+from sslbench.config import RunConfig, TrainSettings
+from sslbench.errors import SSLBenchError
+from sslbench.experiment.plan import Cell
+from sslbench.joints import NUM_JOINTS
+from sslbench.registry import Registry
+from sslbench.results import iter_records
+
+#: evaluation (forward, decoding, PCK) runs about this many times faster than training, per image
+#: (measured about 1.8x for cpm6 on a CPU; the backward pass alone would suggest 3x)
+EVAL_SPEEDUP = 2.0
+# ------------------------------------------------------------------------------ estimates
+
+
+@dataclass
+class CellEstimate:
+    """Seconds a cell is expected to take (None where unknown); pretraining counted separately."""
+
+    pretrain_s: float | None
+    downstream_s: float | None
+
+
+def measure_throughput(config: RunConfig, registry: Registry, budget_s: float = 3.0, max_batch: int = 8) -> float:
+    """Training images per second of the config's backbone, timed on random tensors.
+
+    The step and its timing are those of ``sslbench bench`` (:func:`sslbench.bench.time_training`):
+    real optimiser steps of :func:`sslbench.train.train_step` (the step ``fit`` takes: forward, pose
+    loss on every stage, backward, the downstream optimiser) on the device, in the precision and
+    memory format the downstream training would use, after an untimed warm-up; the median step
+    (robust to other processes' bursts) gives the speed. About *budget_s* seconds (3 to 20 steps);
+    a network that needs more than that for one image is timed on single images (a slight
+    underestimate of its batched speed).
+    """
+    import torch
+
+    from sslbench.bench import PROFILE, time_training
+    from sslbench.pose import PoseTask
+    from sslbench.train import resolve_device
+
+    device = resolve_device(config.downstream.device)
+    net = registry.create(
+        "backbone", config.backbone, "--backbones", num_outputs=NUM_JOINTS + 1, **config.backbone_options
+    )
+    size, maps = int(net.input_size), int(net.input_size) // int(net.stride)
+
+    def timed(batch: int, steps: int) -> dict[str, Any]:
+        data = {"image": torch.randn(batch, 3, size, size), "centermap": torch.rand(batch, 1, size, size),
+                "target": torch.rand(batch, NUM_JOINTS + 1, maps, maps)}  # fmt: skip
+        settings = dataclasses.replace(config.downstream, batch_size=batch)
+        (run,) = time_training(net, PoseTask(), data, settings, [PROFILE], steps, device)
+        if run["error"]:
+            raise RuntimeError(run["error"])
+        return run
+
+    single = timed(1, 1)
+    batch = max(1, min(config.downstream.batch_size, max_batch))
+    if batch == 1 or single["step_s"] > budget_s:  # e.g. the paper's network on a CPU: seconds per image
+        return single["images_per_s"]
+    steps = max(3, min(20, int(budget_s / (single["step_s"] * batch))))  # a batch takes at most batch x one image
+    return timed(batch, steps)["images_per_s"]
+
+
+class Estimator:
+    """Seconds per cell from measured throughput: earlier records first, else a short timing run."""
+
+    def __init__(self, registry: Registry, results_dir: Path | None, measure: bool = True) -> None:
+        self.registry = registry
+        self.measure = measure
+        self.records = [r for _, r in iter_records(results_dir, lambda m: None)] if results_dir else []
+        self.sources: dict[str, str] = {}
+        self._speed: dict[str, float | None] = {}
+        self._sizes: dict[str, tuple[int, int, int] | None] = {}
+
+    @staticmethod
+    def _backbone_key(config: RunConfig) -> str:
+        return json.dumps([config.profile, config.backbone, config.backbone_options], sort_keys=True, default=str)
+
+    def _label(self, config: RunConfig) -> str:
+        options = ", ".join(f"{k}={v}" for k, v in sorted(config.backbone_options.items()))
+        return f"{config.backbone} ({options}; profile {config.profile})"
+
+    def _from_records(self, config: RunConfig, field_name: str, pretext: str | None) -> list[float]:
+        key = self._backbone_key(config)
+        speeds = []
+        for record in self.records:
+            try:
+                other = RunConfig.from_dict(record["config"])
+                value = record["timing"][field_name]
+            except (KeyError, TypeError, SSLBenchError):
+                continue
+            if record.get("status") != "done" or not isinstance(value, (int, float)) or value <= 0:
+                continue
+            if self._backbone_key(other) == key and (pretext is None or other.pretext == pretext):
+                speeds.append(float(value))
+        return speeds
+
+    def speed(self, config: RunConfig, phase: str = "downstream") -> float | None:
+        """Training images/s for *phase* (``downstream`` or ``pretrain``), or None when unknown.
+
+        Pretraining uses earlier records of the same pretext when there are some, else the
+        backbone's downstream speed (same network, a different output layer).
+        """
+        cache_key = f"{phase}:{config.pretext if phase == 'pretrain' else ''}:{self._backbone_key(config)}"
+        if cache_key not in self._speed:
+            speeds = self._from_records(config, "pretrain_img_per_s", config.pretext) if phase == "pretrain" else []
+            label = f"{self._label(config)}, pretext {config.pretext}" if speeds else self._label(config)
+            speeds = speeds or self._from_records(config, "downstream_img_per_s", None)
+            if speeds:
+                speed: float | None = statistics.median(speeds)
+                self.sources[label] = f"{speed:.1f} img/s, median of {len(speeds)} earlier record(s)"
+            else:
+                speed = self._measured(config) if self.measure else None
+            self._speed[cache_key] = speed
+        return self._speed[cache_key]
+
+    def _measured(self, config: RunConfig) -> float | None:
+        key = f"measured:{self._backbone_key(config)}"
+        if key not in self._speed:
+            label = self._label(config)
+            try:
+                self._speed[key] = measure_throughput(config, self.registry)
+                self.sources[label] = f"{self._speed[key]:.1f} img/s, measured on random tensors just now"
+            except Exception as exc:  # an estimate must never stop a dry run
+                self._speed[key] = None
+                self.sources[label] = f"unknown (timing failed: {type(exc).__name__}: {exc})"
+        return self._speed[key]
+
+    def _split_sizes(
+        self, name: str, root: str | None, protocol: str, size: int | None, seed: int
+    ) -> tuple[int, int, int] | None:
+        """(train, val, test) image counts of a dataset split, or None when it cannot be opened."""
+        key = json.dumps([name, root, protocol, size, seed])
+        if key not in self._sizes:
+            try:
+                dataset = self.registry.create("dataset", name, root=Path(root) if root else None)
+                splits = dataset.splits(protocol, size, seed)
+                self._sizes[key] = (len(splits.train), len(splits.val), len(splits.test))
+            except Exception:  # unknown sizes leave the estimate open, they do not stop the plan
+                self._sizes[key] = None
+        return self._sizes[key]
+
+    @staticmethod
+    def _phase_seconds(
+        settings: TrainSettings, speed: float | None, train: int | None, val: int, test: int
+    ) -> float | None:
+        """All epochs of training plus validation passes, plus the test pass (at :data:`EVAL_SPEEDUP` x)."""
+        if not speed or not train:
+            return None
+        if settings.samples_per_epoch:
+            train = min(train, settings.samples_per_epoch)
+        if settings.val_samples is not None:
+            val = min(val, settings.val_samples)
+        return settings.epochs * (train + val / EVAL_SPEEDUP) / speed + test / (EVAL_SPEEDUP * speed)
+
+    def estimate(self, cell: Cell) -> CellEstimate:
+        """Upper bound in seconds (all epochs run; early stopping ends sooner)."""
+        c = cell.config
+        pretrain_s = None
+        if cell.pretrains:
+            sizes = self._split_sizes(c.pretext_data, c.pretext_root, "standard", c.pretext_images, c.seed)
+            train = sizes[0] if sizes else (c.pretrain.samples_per_epoch or c.pretext_images)
+            val = sizes[1] if sizes else (c.pretrain.val_samples or 0)
+            pretrain_s = self._phase_seconds(c.pretrain, self.speed(c, "pretrain"), train, val, val)
+        sizes = self._split_sizes(c.data, c.root, c.protocol, c.train_size, c.seed)
+        train = sizes[0] if sizes else c.train_size
+        val, test = (sizes[1], sizes[2]) if sizes else (c.downstream.val_samples or 0, 0)
+        downstream_s = self._phase_seconds(c.downstream, self.speed(c, "downstream"), train, val, test)
+        if downstream_s is not None:  # semi-supervised strategies train on more than the labelled budget
+            downstream_s *= strategies.strategy_of(c, self.registry).cost(c)
+        return CellEstimate(pretrain_s, downstream_s)
+
+    def estimates(self, cells: Sequence[Cell], cached: Iterable[str] = ()) -> dict[str, float | None]:
+        """Cell id -> seconds, the shared pretraining charged to the first cell that needs it.
+
+        Pretrainings whose keys are in *cached* (see :func:`cached_pretrainings`) cost nothing.
+        """
+        out: dict[str, float | None] = {}
+        charged: set[str] = set(cached)
+        for cell in cells:
+            estimate = self.estimate(cell)
+            seconds = estimate.downstream_s
+            key = cell.pretrain_key
+            if key is not None and key not in charged:
+                charged.add(key)
+                seconds = None if seconds is None or estimate.pretrain_s is None else seconds + estimate.pretrain_s
+            out[cell.cell_id] = seconds
+        return out
+
+
+def cached_pretrainings(cells: Iterable[Cell], workdir: Path) -> set[str]:
+    """Pretraining keys of *cells* already cached under *workdir* (a sweep reuses them)."""
+    from sslbench.phases import is_pretrained
+
+    return {cell.pretrain_key for cell in cells if cell.pretrain_key and is_pretrained(workdir, cell.config)}
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``3725`` -> ``1h 02m``; None -> ``?``."""
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h {minutes:02d}m"
+    return f"{hours // 24}d {hours % 24:02d}h"
