@@ -425,7 +425,7 @@ def test_without_tensorboard_installed_a_run_says_so_once_and_trains_on(monkeypa
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     monkeypatch.setattr(live_curves, "_warned", False)
-    with pytest.warns(live_curves.CurvesWarning, match=r"tensorboard is not installed.*sslbench\[tensorboard\]"):
+    with pytest.warns(live_curves.CurvesWarning, match=r"tensorboard is not installed.*pip install tensorboard"):
         curves = live_curves.TrainingCurves(tmp_path, enabled=True)
     curves.add_epoch({"epoch": 1, "train_loss": 1.0})
     assert curves.writer is None and not list(tmp_path.iterdir())
