@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import click
 import numpy as np
@@ -23,9 +24,9 @@ from torch.utils.data import default_collate
 
 from sslbench import atomic
 from sslbench.checkpoint import Checkpoint, build_model, describe_backbone, load_checkpoint
-from sslbench.cli_data import draw_skeleton
 from sslbench.config import TrainSettings
 from sslbench.data import TaskDataset, cap_loader_workers
+from sslbench.drawing import draw_skeleton
 from sslbench.errors import CheckpointError, ConfigError, DataError, SSLBenchError
 from sslbench.imageio import read_image
 from sslbench.interfaces import Backbone, Geometry

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from sslbench.experiment.plan import Plan
     from sslbench.experiment.spec import SweepSpec
 
-#: the choices of ``report --format`` (the same as :data:`sslbench.report.FORMATS`)
+#: the choices of ``report --format`` (the same as :data:`sslbench.report.formats.FORMATS`)
 REPORT_FORMATS = ("terminal", "markdown", "csv", "latex", "html")
 
 

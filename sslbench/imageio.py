@@ -18,13 +18,16 @@ import os
 import re
 import threading
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.io
 import torch.utils.data
 from PIL import Image, ImageFile
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sslbench import splits as splitting
 from sslbench.errors import ConfigError, DataError
@@ -357,3 +360,15 @@ def reject_options(name: str, options: dict[str, Any]) -> None:
     """Factories take ``cache_bytes`` and nothing else: name what is unknown."""
     if options:
         raise ConfigError(f"dataset {name}: unknown option(s) {', '.join(sorted(options))} (known: cache_bytes)")
+
+
+def progress_bar(transient: bool = True) -> Progress:
+    """A progress bar on stderr for one pass over a dataset's images (verify, preview)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=transient,
+    )

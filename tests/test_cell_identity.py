@@ -76,7 +76,7 @@ def test_pretext_options_off_their_default_name_another_cell_and_cache_entry(tmp
 
 
 def test_the_report_labels_a_spelled_out_pretext_default_like_the_default() -> None:
-    from sslbench.report import _at_default
+    from sslbench.report.tables import _at_default
 
     row = pd.Series({"config.profile": "smoke", "config.backbone": "cpm6", "config.pretext": "rotation",
                      "config.pretext_options.augment": True})  # fmt: skip

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from conftest import make_folder, make_lsp, make_lspet, truncate
 from PIL import Image
 
-from sslbench import cli_data
+from sslbench import cli_data, download, drawing, verify
 from sslbench.cli import main
 from sslbench.hookspecs import hookimpl
 from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey
@@ -156,12 +156,12 @@ def test_pose_tile_draws_left_limbs_blue_and_right_limbs_red_after_a_flip(lsp_ro
     geometry = Geometry(input_size=64, stride=8)
     seen = set()
     for seed in range(12):
-        tile, error = cli_data.pose_tile(task, data, 0, SampleKey(seed, 0), geometry, train=True)
+        tile, error = drawing.pose_tile(task, data, 0, SampleKey(seed, 0), geometry, train=True)
         assert error < 0.5
         pixels = np.asarray(tile.image).reshape(-1, 3)
         xs = np.tile(np.arange(64), 64)
-        red = np.all(pixels == cli_data.RIGHT_COLOUR, axis=1)
-        blue = np.all(pixels == cli_data.LEFT_COLOUR, axis=1)
+        red = np.all(pixels == drawing.RIGHT_COLOUR, axis=1)
+        blue = np.all(pixels == drawing.LEFT_COLOUR, axis=1)
         assert xs[red].mean() < xs[blue].mean(), tile.caption
         seen.add("(flip)" in tile.caption)
     assert seen == {True, False}
@@ -316,14 +316,14 @@ def test_download_refuses_to_overwrite_existing_images(lsp_root, http_server):
 
 
 def test_known_lsp_hash_applies_only_to_the_official_url():
-    assert cli_data.DOWNLOADS["lsp"].sha256 == "07cba8044f153e48aec3d02cf2ab4c2c86dbf15edae5699e77b684562851676e"
-    assert cli_data.DOWNLOADS["lspet"].sha256 is None
+    assert download.DOWNLOADS["lsp"].sha256 == "07cba8044f153e48aec3d02cf2ab4c2c86dbf15edae5699e77b684562851676e"
+    assert download.DOWNLOADS["lspet"].sha256 is None
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("lsp_dataset/images/im0001.jpg", b"x")
         zf.writestr("lsp_dataset/joints.mat", b"x")
-    assert cli_data._strip_prefix(zipfile.ZipFile(archive).namelist()) == "lsp_dataset/"
-    assert cli_data._strip_prefix(["images/im0001.jpg", "images/im0002.jpg"]) == ""
+    assert download._strip_prefix(zipfile.ZipFile(archive).namelist()) == "lsp_dataset/"
+    assert download._strip_prefix(["images/im0001.jpg", "images/im0002.jpg"]) == ""
 
 
 def test_truncated_or_non_archive_download_names_the_url_not_the_temporary_file(tmp_path, http_server):
@@ -354,5 +354,5 @@ def test_verify_flags_an_image_whose_scan_data_was_zeroed(tmp_path):
     result = run("data", "verify", "--data", "lsp", "--root", root)
     lines = [line for line in result.output.splitlines() if "blank picture" in line]
     assert len(lines) == 1 and "im0002" in lines[0] and "im0001" not in lines[0], result.output
-    assert cli_data.looks_blank(np.full((40, 40, 3), 128, dtype=np.uint8))
-    assert not cli_data.looks_blank(np.asarray(Image.open(root / "images" / "im0001.jpg").convert("RGB")))
+    assert verify.looks_blank(np.full((40, 40, 3), 128, dtype=np.uint8))
+    assert not verify.looks_blank(np.asarray(Image.open(root / "images" / "im0001.jpg").convert("RGB")))

@@ -19,16 +19,11 @@ from sslbench.config import RunConfig
 from sslbench.errors import ConfigError
 from sslbench.joints import JOINT_NAMES, PARTS
 from sslbench.profiles import profile_config
-from sslbench.report import (
-    build_report,
-    compute_hours,
-    mean_ci,
-    paired_difference,
-    render,
-    resolve_cells,
-    views,
-    write_plots,
-)
+from sslbench.report import build_report, render, write_plots
+from sslbench.report.formats import compute_hours
+from sslbench.report.plots import resolve_cells
+from sslbench.report.statistics import mean_ci, paired_difference
+from sslbench.report.tables import views
 from sslbench.results import load_results, write_record
 from sslbench.strategies import transfer_label
 

@@ -116,7 +116,7 @@ def test_schema_warnings_name_newer_older_and_unknown_writers_correctly(tmp_path
 
 
 def test_curves_leave_the_report_loss_and_its_stages_off_the_loss_axis():
-    from sslbench.report import curve_columns
+    from sslbench.report.plots import curve_columns
 
     curves = pd.DataFrame([
         {"epoch": 1, "train_loss": 0.05, "val.loss": 0.06, "val.report_loss": 1700.0, "val.report_loss.stage1": 1300.0,
