@@ -27,6 +27,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime as dt
+import functools
 import os
 import resource
 import statistics
@@ -47,7 +48,7 @@ from torch import nn
 from torch.utils.data import default_collate
 from torch.utils.flop_counter import FlopCounterMode
 
-from sslbench import environment
+from sslbench import environment, parts
 from sslbench.config import RunConfig, TrainSettings
 from sslbench.data import TaskDataset, make_loader
 from sslbench.errors import ConfigError
@@ -59,6 +60,7 @@ from sslbench.train import (
     eval_step,
     fit,
     make_optimizer,
+    parameter_groups,
     prepare_model,
     resolve_device,
     train_step,
@@ -141,10 +143,13 @@ class BenchPlan:
     peak_reps: int = 3
     #: training variants timed side by side; the first must be ``profile``
     variants: tuple[Variant, ...] = (PROFILE, BASELINE)
+    #: pretexts whose training step is timed next to the pose step (``all``: every one that trains)
+    pretexts: tuple[str, ...] = ()
 
     @classmethod
     def for_profile(cls, profile: str, steps: int | None = None, rss_epochs: int | None = None,
-                    compare_baseline: bool = True, explore: Sequence[str] = ()) -> BenchPlan:  # fmt: skip
+                    compare_baseline: bool = True, explore: Sequence[str] = (),
+                    pretexts: Sequence[str] = ()) -> BenchPlan:  # fmt: skip
         """Defaults per profile: ``smoke`` measures everything briefly (tests), others properly.
 
         *explore* names variants of :data:`EXPLORE` to time as well (``all``: every one).
@@ -161,6 +166,7 @@ class BenchPlan:
                        peak_conv=(2, 32, 16, 5), peak_reps=2, variants=variants)  # fmt: skip
         else:
             plan = cls(variants=variants)
+        plan = replace(plan, pretexts=tuple(dict.fromkeys(pretexts)))
         if steps is not None:
             if steps < 1:
                 raise ConfigError(f"--steps must be >= 1, got {steps}")
@@ -268,15 +274,28 @@ def peak_flops(device: torch.device, bf16: bool, channels_last: bool, plan: Benc
 # ------------------------------------------------------------------------- measures
 
 
-def pose_batch(dataset: ImageDataset, task: PoseTask, geometry: Geometry, size: int, seed: int = 0) -> dict[str, Any]:
-    """A collated batch of *size* augmented training samples (images reused cyclically)."""
-    samples = [
-        task.make_sample(
-            dataset.image(i % len(dataset)), dataset.joints(i % len(dataset)), SampleKey(seed, i, 1), True, geometry
-        )
-        for i in range(size)
-    ]
+def pose_batch(dataset: ImageDataset, task: Task, geometry: Geometry, size: int, seed: int = 0) -> dict[str, Any]:
+    """A collated batch of *size* augmented training samples (images reused cyclically; joints when the task
+    needs them)."""
+    samples = []
+    for i in range(size):
+        joints = dataset.joints(i % len(dataset)) if task.needs_labels else None
+        samples.append(task.make_sample(dataset.image(i % len(dataset)), joints, SampleKey(seed, i, 1), True, geometry))
     return default_collate(samples)
+
+
+def _round_robin(steps_of: Sequence[Callable[[], Any] | None], steps: int, device: torch.device) -> list[list[float]]:
+    """Seconds of each of *steps* calls of every step function, taken in turns (None: not timed)."""
+    times: list[list[float]] = [[] for _ in steps_of]
+    for _ in range(steps):
+        for step, taken in zip(steps_of, times):
+            if step is None:
+                continue
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            taken.append(time.perf_counter() - start)
+    return times
 
 
 def time_training(
@@ -325,17 +344,18 @@ def time_training(
             if console is not None:
                 console.print(f"[yellow]variant {variant.name} failed:[/] {run['error']}", highlight=False)
         run["warmup_s"] = time.perf_counter() - start
-    for _ in range(steps):
-        for run in runs:
-            if run["error"]:
-                continue
+
+    def step_of(run: dict[str, Any]) -> Callable[[], Any] | None:
+        def step() -> None:
             with run["variant"].active():
-                start = time.perf_counter()
                 train_step(
                     run["net"], task, run["batch"], run["optimizer"], device, run["settings"], run["channels_last"]
                 )
-                _sync(device)
-                run["times"].append(time.perf_counter() - start)
+
+        return None if run["error"] else step
+
+    for run, taken in zip(runs, _round_robin([step_of(run) for run in runs], steps, device)):
+        run["times"] = taken
     results = []
     for run in runs:
         variant, settings = run["variant"], run["settings"]
@@ -359,6 +379,57 @@ def time_training(
     return results
 
 
+def time_pretexts(ctx: BenchContext, names: Sequence[str], steps: int) -> list[dict[str, Any]]:
+    """Images per second of the training step of every pretext in *names*, next to the pose step.
+
+    Each pretext trains a fresh backbone of the bench's config (its own output count) with
+    its own parts (heads, momentum encoder: :mod:`sslbench.parts`) on a batch of its samples
+    of the pretext data, at the profile's downstream settings (batch size, precision,
+    memory format), so every row compares with the ``pose`` row like with like. After one
+    untimed step and one counted for FLOPs each, the steps take turns (:func:`_round_robin`).
+    ``cost_vs_pose`` is a pose step's images per second over the pretext's, ``flops_vs_pose``
+    the same for training FLOPs per image (a machine-independent check): a two-view method
+    sees each image twice, but its heads read features that may stop before the last stage.
+    Images are unlabelled images (a two-view sample is one image).
+    """
+    from sslbench.phases import build_backbone, open_dataset
+
+    config, device, settings = ctx.config, ctx.device, ctx.config.downstream
+    pool = open_dataset(ctx.registry, config.pretext_data, config.pretext_root, config.pretext_data_options,
+                        "--pretext-data")  # fmt: skip
+    rows, steps_of = [], []
+    for name in ["pose", *names]:
+        torch.manual_seed(config.seed)
+        if name == "pose":
+            task, model, batch = ctx.pose, copy.deepcopy(ctx.model), slice_batch(ctx.batch, settings.batch_size)
+        else:
+            task = ctx.registry.create(
+                "pretext", name, "--pretext", **(config.pretext_options if name == config.pretext else {})
+            )
+            model = build_backbone(ctx.registry, config, task.num_outputs)
+            batch = pose_batch(pool, task, Geometry(model.input_size, model.stride), settings.batch_size)
+        channels_last = prepare_model(model, device, settings)
+        own_parts = parts.attach(task, model, device, distributed=False)
+        groups = parameter_groups(model, settings.lr) + parts.parameter_groups(own_parts, settings.lr)
+        optimizer = make_optimizer(groups, settings)
+        model.train()
+        parts.set_mode(task, True)
+        step = functools.partial(train_step, model, task, batch, optimizer, device, settings, channels_last)
+        step()  # warm-up
+        steps_of.append(step)
+        flops = count_flops(step) / settings.batch_size
+        rows.append({"pretext": name, "parts": own_parts is not None, "batch_size": settings.batch_size,
+                     "train_flops_per_image": flops, "flops_vs_pose": flops / rows[0]["train_flops_per_image"]
+                     if rows else 1.0})  # fmt: skip
+    pose_speed = None
+    for row, taken in zip(rows, _round_robin(steps_of, steps, device)):
+        median = statistics.median(taken)
+        row.update({"images_per_s": row["batch_size"] / median, "step_s": median, "steps": len(taken)})
+        pose_speed = pose_speed or row["images_per_s"]
+        row["cost_vs_pose"] = pose_speed / row["images_per_s"]
+    return rows
+
+
 def time_inference(model: nn.Module, task: Task, batch: dict[str, Any], settings: TrainSettings,
                    device: torch.device, reps: int) -> dict[str, float]:  # fmt: skip
     """Median latency per image at batch 1 and images/s at the batch size, of :func:`eval_step`."""
@@ -371,7 +442,7 @@ def time_inference(model: nn.Module, task: Task, batch: dict[str, Any], settings
         with torch.inference_mode():
             for i in range(reps + 1):
                 start = time.perf_counter()
-                eval_step(net, task.new_metric(), data, device, settings, channels_last)
+                eval_step(net, task, task.new_metric(), data, device, settings, channels_last)
                 _sync(device)
                 if i:  # the first is a warm-up
                     times.append(time.perf_counter() - start)
@@ -508,6 +579,12 @@ def run_bench(config: RunConfig, plan: BenchPlan, registry: Registry | None = No
     profile_speed = by_name["profile"]["images_per_s"]
     baseline_speed = by_name.get("baseline", {}).get("images_per_s")
 
+    pretext_rows: list[dict[str, Any]] = []
+    if plan.pretexts:
+        names = _pretext_names(registry, plan.pretexts)
+        with say.status(f"timing the training step of {len(names)} pretexts..."):
+            pretext_rows = time_pretexts(ctx, names, plan.steps)
+
     with say.status("timing inference..."):
         inference = time_inference(ctx.model, ctx.pose, ctx.batch, settings, device, plan.inference_reps)
 
@@ -566,6 +643,7 @@ def run_bench(config: RunConfig, plan: BenchPlan, registry: Registry | None = No
             "images_per_s": profile_speed,
             "baseline_images_per_s": baseline_speed,
             "speedup_vs_baseline": profile_speed / baseline_speed if profile_speed and baseline_speed else None,
+            "pretexts": pretext_rows,
         },
         "inference": inference,
         "data": data_result,
@@ -582,6 +660,17 @@ def run_bench(config: RunConfig, plan: BenchPlan, registry: Registry | None = No
         "memory": memory,
         "seconds": time.perf_counter() - started,
     }
+
+
+def _pretext_names(registry: Registry, wanted: Sequence[str]) -> list[str]:
+    """*wanted* pretext names checked against the registry; ``all``: every pretext that trains."""
+    known = [name for name in registry.names("pretext") if registry.create("pretext", name, "--pretext").trains]
+    if "all" in wanted:
+        return known
+    for name in wanted:
+        if name not in known:
+            raise ConfigError(f"--pretext: unknown pretext {name!r} (choose from {', '.join(known)} or all)")
+    return list(wanted)
 
 
 def _data_measures(ctx: BenchContext, plan: BenchPlan, train_speed: float | None) -> dict[str, Any]:
@@ -673,6 +762,12 @@ def result_table(result: dict[str, Any]) -> Table:
         table.add_row(
             "speed-up vs baseline", _fmt(train["speedup_vs_baseline"], "x", 2), "profile / baseline, same run"
         )
+    for row in train.get("pretexts", []):
+        if row["pretext"] != "pose":
+            table.add_row(f"train step: pretext {row['pretext']}", _fmt(row["images_per_s"], " img/s"),
+                          f"{row['cost_vs_pose']:.2f}x the time per image of the pose step timed beside it "
+                          f"({_fmt(train['pretexts'][0]['images_per_s'], ' img/s')}), {row['flops_vs_pose']:.2f}x "
+                          f"its FLOPs ({_giga(row['train_flops_per_image'])}); batch {row['batch_size']}")  # fmt: skip
     inference = result["inference"]
     table.add_row("inference latency", _fmt(inference["latency_ms"], " ms/img"), "batch 1: forward + decoding")
     table.add_row("eval throughput", _fmt(inference["eval_images_per_s"], " img/s"), f"batch {cfg['batch_size']}")

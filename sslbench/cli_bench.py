@@ -40,6 +40,9 @@ def bench_config(profile: str, backbone: str | None, batch_size: int | None, dev
 @click.option("--variant", "variants", multiple=True, metavar="NAME",
               help="Also time a variant of the step (repeatable): threads-1, no-mkldnn, bf16, fp32, batch-x2, "
                    "batch-half, compile (minutes of compilation), or all.")  # fmt: skip
+@click.option("--pretext", "pretexts", multiple=True, metavar="NAME",
+              help="Also time the training step of a pretext next to the pose step (repeatable; all: every "
+                   "pretext that trains), on the pretext data (--set pretext_data=...).")  # fmt: skip
 @click.option(
     "--rss-epochs", type=click.IntRange(min=0), help="Short fit epochs for the memory check (0: skip) [default: 3]."
 )
@@ -49,14 +52,15 @@ def bench_config(profile: str, backbone: str | None, batch_size: int | None, dev
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the figures as JSON."
 )
 def bench_command(profile: str, backbone: str | None, batch_size: int | None, steps: int | None, device: str | None,
-                  threads: int | None, compare_baseline: bool, variants: tuple[str, ...], rss_epochs: int | None,
-                  assignments: tuple[str, ...], json_path: Path | None) -> None:  # fmt: skip
+                  threads: int | None, compare_baseline: bool, variants: tuple[str, ...], pretexts: tuple[str, ...],
+                  rss_epochs: int | None, assignments: tuple[str, ...], json_path: Path | None) -> None:  # fmt: skip
     """Measure the training step (against a plain fp32 NCHW step), inference, FLOP utilisation, data pipeline, memory.
 
     Everything is measured in this one run, so ratios compare like with like; the JSON
     holds the machine, the commit and the load average. Example:
 
         sslbench bench --profile cpu --compare-baseline --json bench.json
+        sslbench bench --profile cpu --pretext all --rss-epochs 0    # every pretext's step beside pose
     """
     import torch
 
@@ -68,7 +72,7 @@ def bench_command(profile: str, backbone: str | None, batch_size: int | None, st
     console = Console()
     config = bench_config(profile, backbone, batch_size, device, assignments)
     plan = BenchPlan.for_profile(profile, steps=steps, rss_epochs=rss_epochs, compare_baseline=compare_baseline,
-                                 explore=variants)  # fmt: skip
+                                 explore=variants, pretexts=pretexts)  # fmt: skip
     result = run_bench(config, plan, console=console)
     console.print(result_table(result))
     warning = busy_warning(result)

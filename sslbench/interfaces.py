@@ -164,19 +164,40 @@ class Backbone(nn.Module, ABC):
         features), ``head``. The forward pass stops there, so later layers cost nothing and
         get no gradient. A backbone may override this with a direct computation.
         """
-        module = self.get_submodule(self.layer_group(group).modules[-1])
+        return self.feature_maps(image, [group], centermap)[0]
 
-        def capture(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            raise _FeatureMap(output)
+    def feature_maps(
+        self, image: torch.Tensor, groups: list[str], centermap: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """:meth:`features` of several groups from one forward pass, in the order of *groups*.
 
-        handle = module.register_forward_hook(capture)
+        The pass stops as soon as every group has run (CPM's ``stage1`` and ``middle`` are
+        parallel branches from the image: one pass gives both).
+        """
+        maps: dict[str, torch.Tensor] = {}
+        wanted = list(dict.fromkeys(groups))
+
+        def capture(name: str) -> Any:
+            def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+                maps[name] = output
+                if len(maps) == len(wanted):
+                    raise _FeatureMap(output)
+
+            return hook
+
+        handles = [
+            self.get_submodule(self.layer_group(name).modules[-1]).register_forward_hook(capture(name))
+            for name in wanted
+        ]
         try:
             self(image, centermap)
-        except _FeatureMap as reached:
-            return reached.output
+        except _FeatureMap:
+            return [maps[name] for name in groups]
         finally:
-            handle.remove()
-        raise RuntimeError(f"backbone {self.config()['name']}: forward never ran layer group {group!r}")
+            for handle in handles:
+                handle.remove()
+        missing = ", ".join(name for name in wanted if name not in maps)
+        raise RuntimeError(f"backbone {self.config()['name']}: forward never ran layer group(s) {missing}")
 
     def feature_shape(self, group: str) -> tuple[int, int]:
         """``(channels, stride)`` of :meth:`features` for *group*, from one small forward pass."""
@@ -330,6 +351,40 @@ class Task(ABC):
         more (an unlabelled view to predict, say) may run it more often.
         """
         return net(batch["image"], batch.get("centermap"))
+
+    def predict(self, net: nn.Module, batch: dict[str, Any]) -> list[torch.Tensor]:
+        """The outputs the metric sees at evaluation (in eval and inference mode): by default the
+        network on the batch's ``image``; a task whose metric compares its own embeddings (two
+        views, say) returns those."""
+        return net(batch["image"], batch.get("centermap"))
+
+    # -- the task's own trainable parts --------------------------------------------------
+    #: the modules :meth:`build_parts` made for the current training (None: the task has none)
+    parts: nn.Module | None = None
+
+    def build_parts(self, backbone: Backbone) -> nn.Module | None:
+        """Make fresh trainable parts of the task's own for *backbone*, keep them as :attr:`parts`
+        and return them: projection and prediction heads, a momentum encoder, a queue.
+
+        :func:`sslbench.train.fit` calls this once before it makes the optimiser (after
+        seeding, so initial weights are reproducible) and then: moves the parts to the
+        training device, switches them between train and eval mode with the backbone,
+        optimises their parameters that require gradients alongside the backbone's,
+        calls :meth:`after_step` after every optimiser step, and saves every parameter
+        and buffer of the parts (persistent or not, so a queue is kept) beside the
+        weights of the run's ``last`` and ``best`` checkpoints (their extra tensors), so
+        a resumed run continues exactly and the best epoch's parts come back with its
+        weights. They are never among the weights themselves, which are all that the
+        pretext cache stores and a transfer policy reads (backbone layer groups only).
+        Under torch.distributed, fit refuses a task with parts. Buffers a task updates
+        itself (a queue) must change only in training mode.
+        """
+        self.parts = None
+        return None
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called by the training step after every optimiser step, *step* counting from 0 over the
+        whole run of *total_steps*: for momentum (EMA) updates of a target network."""
 
     @abstractmethod
     def loss(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> torch.Tensor: ...

@@ -28,9 +28,20 @@ from sslbench.pipeline import centre_map_tensor, centre_square, crop_matrix, war
 
 
 def pretext_factory(cls: type[Pretext]) -> Callable[..., Pretext]:
-    """A registry factory for *cls* that turns unknown option names into a ConfigError."""
-    parameters = inspect.signature(cls.__init__).parameters
-    known = [name for name in parameters if name != "self"]
+    """A registry factory for *cls* that turns unknown option names into a ConfigError.
+
+    The options are the named parameters of ``cls.__init__`` and, while an ``__init__``
+    passes ``**options`` on, those of its base classes.
+    """
+    known: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(klass.__init__).parameters.values()
+        known += [p.name for p in parameters if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    known = list(dict.fromkeys(known))
 
     @functools.wraps(cls)
     def factory(**options: Any) -> Pretext:

@@ -49,7 +49,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from sslbench import atomic
+from sslbench import atomic, parts
 from sslbench.checkpoint import (
     Checkpoint,
     checkpoint_exists,
@@ -368,8 +368,11 @@ def train_step(
     device: torch.device,
     settings: TrainSettings,
     channels_last: bool,
+    step: int = 0,
+    total_steps: int = 1,
 ) -> tuple[torch.Tensor, int]:
-    """One optimiser step on *batch*: to the device, forward under autocast, task loss, backward, step.
+    """One optimiser step on *batch*: to the device, forward under autocast, task loss, backward,
+    step, then the task's :meth:`~sslbench.interfaces.Task.after_step` (*step* of *total_steps*).
 
     The step :func:`fit` takes (and :mod:`sslbench.bench` times). Returns the detached
     loss and the number of images; the learning-rate schedule is the caller's.
@@ -381,16 +384,23 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    task.after_step(step, total_steps)
     return loss.detach(), int(batch["image"].shape[0])
 
 
 def eval_step(
-    net: nn.Module, metric: Any, batch: dict[str, Any], device: torch.device, settings: TrainSettings, channels_last: bool
+    net: nn.Module,
+    task: Task,
+    metric: Any,
+    batch: dict[str, Any],
+    device: torch.device,
+    settings: TrainSettings,
+    channels_last: bool,
 ) -> None:
-    """Forward *batch* under autocast (call in inference mode) and add float32 outputs to *metric*."""
+    """:meth:`Task.predict` on *batch* under autocast (call in inference mode); float32 outputs to *metric*."""
     batch = batch_to_device(batch, device, channels_last)
     with autocast_context(device, settings):
-        outputs = net(batch["image"], batch.get("centermap"))
+        outputs = task.predict(net, batch)
     metric.update([o.float() for o in outputs], batch)
 
 
@@ -406,14 +416,16 @@ def evaluate(model: nn.Module, task: Task, dataset: TaskDataset, settings: Train
     channels_last = prepare_model(net, device, settings)
     was_training = net.training
     net.eval()
+    parts.set_mode(task, False)
     metric = task.new_metric()
     loader = make_loader(dataset, settings, shuffle=False, seed=0, epoch=0, shard=False)
     try:
         with torch.inference_mode():
             for batch in loader:
-                eval_step(net, metric, batch, device, settings, channels_last)
+                eval_step(net, task, metric, batch, device, settings, channels_last)
     finally:
         net.train(was_training)
+        parts.set_mode(task, was_training)
     return metric.compute()
 
 
@@ -566,8 +578,9 @@ def fit(
         torch.cuda.set_device(device)
     torch.manual_seed(seed)
     channels_last = prepare_model(model, device, settings)
+    own_parts = parts.attach(task, model, device, is_distributed)
 
-    params = parameter_groups(model, settings.lr)
+    params = parameter_groups(model, settings.lr) + parts.parameter_groups(own_parts, settings.lr)
     if not params:
         raise ConfigError("nothing to train: every parameter of the backbone is frozen")
     optimizer = make_optimizer(params, settings)
@@ -579,19 +592,22 @@ def fit(
 
     state = _Progress()
     best_state: dict[str, torch.Tensor] | None = None
+    best_parts: dict[str, torch.Tensor] = {}
     resumed = _load_last(last_path, fit_key, resume, say) if resume else None
     if resumed is not None:
         info = resumed.meta["fit"]
         state = _Progress(**{k: v for k, v in info["progress"].items() if k in _Progress.__dataclass_fields__})
-        best_state = _restore_best(resumed, best_path, state, writer)
+        best_state, best_parts = _restore_best(resumed, best_path, state, writer)
         if info.get("done"):
             model.load_state_dict(best_state)
+            parts.restore(own_parts, best_parts, best_path)
             if say:
                 say.print(
                     f"{label or 'fit'}: already finished in {run_dir} (best epoch {state.best_epoch})", highlight=False
                 )
             return FitResult.from_dict(info["result"])
         load_weights(model, resumed)
+        parts.restore(own_parts, resumed.extra, resumed.path)
         if resumed.optimizer is not None:
             optimizer.load_state_dict(resumed.optimizer)
         scheduler.load_state_dict(info["scheduler"])
@@ -652,7 +668,7 @@ def fit(
         improved = _better(value, state.best_value, task.monitor_mode)
         if improved:
             state.best_value, state.best_epoch, state.best_metrics, state.bad_epochs = value, epoch, val_metrics, 0
-            best_state = _state_copy(model)
+            best_state, best_parts = _state_copy(model), parts.snapshot(own_parts)
         else:
             state.bad_epochs += 1
         seconds = time.perf_counter() - started
@@ -678,9 +694,13 @@ def fit(
         if writer:
             append_jsonl(metrics_path, record)
             curves.add_epoch(record)
-            _save_last(last_path, model, optimizer, scheduler, state, fit_key, base_meta, val_metrics, result)
+            _save_last(
+                last_path, model, own_parts, optimizer, scheduler, state, fit_key, base_meta, val_metrics, result
+            )
             if improved:
-                save_checkpoint(best_path, model, {**base_meta, "epoch": epoch, "metrics": val_metrics})
+                save_checkpoint(
+                    best_path, model, {**base_meta, "epoch": epoch, "metrics": val_metrics}, extra=best_parts
+                )
         if say:
             mark = " *" if improved else ""
             say.print(
@@ -696,6 +716,7 @@ def fit(
         result = _result(state, task)
     if best_state is not None:
         model.load_state_dict(best_state)
+        parts.restore(own_parts, best_parts, best_path)
     if is_distributed:
         dist.barrier()
     return result
@@ -744,8 +765,10 @@ def _load_last(path: Path, fit_key: str, resume: bool, say: Console | None) -> C
     return checkpoint
 
 
-def _restore_best(last: Checkpoint, best_path: Path, state: _Progress, writer: bool) -> dict[str, torch.Tensor] | None:
-    """Best weights for a resumed run.
+def _restore_best(
+    last: Checkpoint, best_path: Path, state: _Progress, writer: bool
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor]]:
+    """Best weights for a resumed run, and the task's parts at that epoch (:func:`sslbench.parts.snapshot`).
 
     ``last`` is written before ``best`` each epoch, so when the best epoch is the last
     saved epoch its weights are in ``last`` (and ``best`` is rewritten from them in case
@@ -753,9 +776,10 @@ def _restore_best(last: Checkpoint, best_path: Path, state: _Progress, writer: b
     before the next epoch's ``last`` was written.
     """
     if state.best_epoch == 0:
-        return None
+        return None, {}
     if state.best_epoch == state.epoch:
         weights = dict(last.state)
+        own_parts = {k: v for k, v in last.extra.items() if k.startswith(parts.PREFIX)}
         if writer:
             stale = True
             if checkpoint_exists(best_path):
@@ -764,20 +788,26 @@ def _restore_best(last: Checkpoint, best_path: Path, state: _Progress, writer: b
             if stale:
                 dropped = ("fit", "optimizer", "weights", "versions", "created")
                 meta = {k: v for k, v in last.meta.items() if k not in dropped}
-                save_checkpoint(best_path, weights, {**meta, "epoch": state.best_epoch, "metrics": state.best_metrics})
-        return weights
+                save_checkpoint(
+                    best_path,
+                    weights,
+                    {**meta, "epoch": state.best_epoch, "metrics": state.best_metrics},
+                    extra=own_parts,
+                )
+        return weights, own_parts
     best = load_checkpoint(best_path)
     if best.meta.get("epoch") != state.best_epoch:
         raise CheckpointError(
             f"checkpoint {best.path} is from epoch {best.meta.get('epoch')}, "
             f"but the run's best epoch is {state.best_epoch}"
         )
-    return dict(best.state)
+    return dict(best.state), dict(best.extra)
 
 
 def _save_last(
     path: Path,
     model: nn.Module,
+    own_parts: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: _Progress,
@@ -796,7 +826,8 @@ def _save_last(
         "result": result.to_dict() if result is not None else None,
     }
     meta = {**base_meta, "epoch": state.epoch, "metrics": val_metrics, "fit": fit_info}
-    save_checkpoint(path, model, meta, optimizer=optimizer.state_dict(), extra=rng_tensors)
+    extra = {**rng_tensors, **parts.snapshot(own_parts)}
+    save_checkpoint(path, model, meta, optimizer=optimizer.state_dict(), extra=extra)
 
 
 def _train_epoch(
@@ -814,6 +845,8 @@ def _train_epoch(
 ) -> tuple[float, int]:
     """One pass over *loader*; returns (mean train loss per image, images seen on all ranks)."""
     net.train()
+    parts.set_mode(task, True)
+    total_steps = settings.epochs * len(loader)  # for the task's after_step (momentum schedules)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     started = time.perf_counter()
@@ -822,7 +855,9 @@ def _train_epoch(
     plain = writer and console is not None and not console.is_terminal  # a log or a pipe: no bar is drawn
     with _Bar(console, description, len(loader), enabled=writer) as bar:
         for step, batch in enumerate(loader):
-            loss, n = train_step(net, task, batch, optimizer, device, settings, channels_last)
+            loss, n = train_step(
+                net, task, batch, optimizer, device, settings, channels_last, scheduler.last_epoch, total_steps
+            )
             scheduler.step()
             loss_sum += loss.double() * n
             count += n

@@ -163,3 +163,28 @@ def test_busy_machine_is_flagged():
     assert "busy" in busy_warning(result)
     result["machine"]["load_before"] = [0.1, 0.1, 0.1]
     assert busy_warning(result) is None
+
+
+def test_pretext_steps_are_timed_beside_the_pose_step_with_their_own_parts(tmp_path: Path):
+    out = tmp_path / "bench.json"
+    args = ["bench", *TINY, "--rss-epochs", "0", "--steps", "3", "--pretext", "simclr", "--pretext", "rotation",
+            "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "train step: pretext simclr" in result.output
+    rows = {row["pretext"]: row for row in json.loads(out.read_text())["train"]["pretexts"]}
+    assert list(rows) == ["pose", "simclr", "rotation"]
+    assert rows["simclr"]["parts"] and not rows["rotation"]["parts"]
+    for row in rows.values():
+        assert row["steps"] == 3 and row["images_per_s"] > 0
+        assert row["cost_vs_pose"] == pytest.approx(rows["pose"]["images_per_s"] / row["images_per_s"])
+        assert row["flops_vs_pose"] == pytest.approx(
+            row["train_flops_per_image"] / rows["pose"]["train_flops_per_image"]
+        )
+    assert rows["pose"]["flops_vs_pose"] == 1.0 and rows["simclr"]["train_flops_per_image"] > 0
+
+
+def test_an_unknown_pretext_to_time_is_one_line_and_exit_code_2():
+    result = CliRunner().invoke(main, ["bench", *TINY, "--pretext", "simclrr"])
+    assert result.exit_code == 2
+    assert "unknown pretext 'simclrr'" in result.output
