@@ -751,3 +751,13 @@ def test_sweep_policies_accept_every_spelling_run_accepts(spelling: str, frozen:
 def test_a_sweep_policy_of_an_unknown_mode_names_the_option(registry: Registry) -> None:
     with pytest.raises(ConfigError, match=r"--policies: 'first:melted': unknown mode 'melted'"):
         split_policy("first:melted")
+
+
+def test_a_command_line_set_wins_over_the_specs_option_tables(tmp_path: Path, registry: Registry) -> None:
+    from sslbench.cli_sweep import build_spec
+
+    path = tmp_path / "spec.toml"
+    path.write_text(SPEC)  # [pretext_options.rotation] augment = false
+    spec = build_spec(path, assignments=["pretext_options.augment=true"])
+    rotation = [c for c in expand(spec, registry).cells if c.config.pretext == "rotation"]
+    assert rotation and all(c.config.pretext_options == {"augment": True} for c in rotation)
