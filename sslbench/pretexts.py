@@ -14,8 +14,9 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,36 +55,40 @@ def pretext_factory(cls: type[Pretext]) -> Callable[..., Pretext]:
     return factory
 
 
-def option_bool(pretext: str, option: str, value: Any) -> bool:
+# Option checks of every plugin with options (pretexts here, strategies through
+# :func:`sslbench.strategies.check_options`): *owner* is the plugin's name, *kind* its kind.
+
+
+def option_bool(owner: str, option: str, value: Any, *, kind: str = "pretext") -> bool:
     """*value* as a bool (``True``/``False`` or 0/1), else a ConfigError naming the option."""
     if isinstance(value, (bool, np.bool_)) or (isinstance(value, int) and value in (0, 1)):
         return bool(value)
-    raise ConfigError(f"pretext {pretext}: option {option} must be true or false, got {value!r}")
+    raise ConfigError(f"{kind} {owner}: option {option} must be true or false, got {value!r}")
 
 
-def option_float(pretext: str, option: str, value: Any, low: float, high: float, *, open_low: bool = False) -> float:
+def option_float(
+    owner: str, option: str, value: Any, low: float, high: float, *, open_low: bool = False, kind: str = "pretext"
+) -> float:
     """*value* as a finite float in [low, high] (``(low, high]`` with *open_low*)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > low if open_low else value >= low) and value <= high
     if not ok:
         bracket = "(" if open_low else "["
-        raise ConfigError(
-            f"pretext {pretext}: option {option} must be a number in {bracket}{low}, {high}], got {value!r}"
-        )
+        raise ConfigError(f"{kind} {owner}: option {option} must be a number in {bracket}{low}, {high}], got {value!r}")
     return float(value)
 
 
-def option_int(pretext: str, option: str, value: Any, low: int, high: int) -> int:
+def option_int(owner: str, option: str, value: Any, low: int, high: int, *, kind: str = "pretext") -> int:
     """*value* as an int in [low, high]."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-        raise ConfigError(f"pretext {pretext}: option {option} must be an integer in [{low}, {high}], got {value!r}")
+        raise ConfigError(f"{kind} {owner}: option {option} must be an integer in [{low}, {high}], got {value!r}")
     return int(value)
 
 
-def option_choice(pretext: str, option: str, value: Any, choices: Iterable[str]) -> str:
+def option_choice(owner: str, option: str, value: Any, choices: Iterable[str], *, kind: str = "pretext") -> str:
     choices = tuple(choices)
     if value not in choices:
-        raise ConfigError(f"pretext {pretext}: option {option} must be one of {', '.join(choices)}, got {value!r}")
+        raise ConfigError(f"{kind} {owner}: option {option} must be one of {', '.join(choices)}, got {value!r}")
     return str(value)
 
 

@@ -32,6 +32,7 @@ from sslbench.errors import ConfigError
 from sslbench.interfaces import Backbone, Geometry, ImageDataset, Splits, Strategy, Task
 from sslbench.phases import build_backbone, open_dataset, pretrain, train_and_val
 from sslbench.pose import PoseTask
+from sslbench.pretexts import option_choice, option_float, option_int
 from sslbench.registry import Registry
 from sslbench.skeleton import LSP
 from sslbench.train import FitResult, fit
@@ -101,17 +102,11 @@ def check_options(strategy: str, given: dict[str, Any], table: dict[str, tuple[A
     for name, (default, *bounds) in table.items():
         value = given.get(name, default)
         if isinstance(default, str):
-            if value not in bounds[0]:
-                raise ConfigError(f"strategy {strategy}: option {name} must be one of {', '.join(bounds[0])}, got {value!r}")
-            checked[name] = value
-            continue
-        low, high = bounds
-        whole = isinstance(default, int) and not isinstance(default, bool)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not (number and (not whole or float(value).is_integer()) and low <= value <= high):
-            what = "an integer" if whole else "a number"
-            raise ConfigError(f"strategy {strategy}: option {name} must be {what} in {low:g}..{high:g}, got {value!r}")
-        checked[name] = int(value) if whole else float(value)
+            checked[name] = option_choice(strategy, name, value, bounds[0], kind="strategy")
+        elif isinstance(default, int) and not isinstance(default, bool):
+            checked[name] = option_int(strategy, name, value, *bounds, kind="strategy")
+        else:
+            checked[name] = option_float(strategy, name, value, *bounds, kind="strategy")
     return checked
 
 
