@@ -11,9 +11,11 @@ Each person is cropped around the square of side 200 x scale at its centre (:mod
 
 PCK is normalised by the head size, 0.6 x the head box diagonal, as the official evaluation
 (``pckh@0.5``: every joint but pelvis and thorax). Protocol ``standard``: the split of Tompson et al.
-(22,246 train / 2,958 validation people) is a list outside the release, so sslbench holds out a fixed,
-seeded 11.7 % of the images (their people) as test, about its size, and 5 % of the remaining images
-for validation (model selection); no image is shared between splits.
+(22,246 train / 2,958 validation people) is a list outside the release. Give it as the option
+``test_images`` (``--set data_options.test_images=FILE``: a text file of image names, one per line,
+``#`` starts a comment), and the people of those images are the test split; without it sslbench
+holds out a fixed, seeded 11.7 % of the images (their people) as test, about its size. 5 % of the
+remaining images are validation (model selection); no image is shared between splits.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import scipy.io
 from sslbench import splits as splitting
 from sslbench.errors import DataError
 from sslbench.hookspecs import hookimpl
-from sslbench.imageio import require_root
+from sslbench.imageio import reject_options, require_root
 from sslbench.instances import Instance, InstanceDataset, split_images
 from sslbench.interfaces import Splits
 from sslbench.registry import Entry
@@ -109,9 +111,16 @@ class MPIIHumanPose(InstanceDataset):
     name = "mpii"
     protocols = ("standard",)
 
-    def __init__(self, root: Path | str | None, skip_bad: bool = False, cache_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path | str | None,
+        skip_bad: bool = False,
+        cache_bytes: int | None = None,
+        test_images: Path | str | None = None,
+    ) -> None:
         root = require_root(root, self.name)
         super().__init__(root, MPII_SKELETON, cache_bytes)
+        self.test_images = None if test_images is None else read_image_list(Path(test_images))
         path, images_dir = root / ANNOTATION_FILE, root / "images"
         if not images_dir.is_dir():
             raise DataError(f"{images_dir}: image folder not found (mpii expects images/ and {ANNOTATION_FILE})")
@@ -151,12 +160,43 @@ class MPIIHumanPose(InstanceDataset):
         self._set_instances(instances)
         if skip_bad:
             self._drop_unreadable_instances()
+        if self.test_images is not None:
+            unknown = sorted(self.test_images - {i.path.name for i in self.instances})
+            if unknown:
+                raise DataError(
+                    f"{test_images}: {len(unknown)} listed image(s) hold no single-person training people "
+                    f"here (e.g. {unknown[0]})"
+                )
+
+    @classmethod
+    def create(cls, root: Path | str | None = None, skip_bad: bool = False, **options: Any) -> "MPIIHumanPose":
+        """Registry factory: options ``test_images`` (the split list) and ``cache_bytes``."""
+        test_images, cache_bytes = options.pop("test_images", None), options.pop("cache_bytes", None)
+        reject_options(cls.name, options)
+        return cls(root, skip_bad=skip_bad, cache_bytes=cache_bytes, test_images=test_images)
 
     def splits(self, protocol: str, train_size: int | None, seed: int) -> Splits:
         self._check_protocol(protocol)
-        pool, test = split_images(self, range(len(self)), TEST_SHARE)
+        if self.test_images is None:
+            pool, test = split_images(self, range(len(self)), TEST_SHARE)
+        else:
+            held = [i.path.name in self.test_images for i in self.instances]
+            pool = [i for i, is_test in enumerate(held) if not is_test]
+            test = [i for i, is_test in enumerate(held) if is_test]
         rest, val = split_images(self, pool, VAL_SHARE)
         return Splits(train=splitting.budget(rest, train_size, seed), val=val, test=test, pool_size=len(rest))
+
+
+def read_image_list(path: Path) -> set[str]:
+    """The image names of a split list (one per line, ``#`` comments), or a DataError naming the file."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the test image list ({exc.strerror or exc})") from None
+    names = {line.split("#", 1)[0].strip() for line in lines} - {""}
+    if not names:
+        raise DataError(f"{path}: the test image list names no image")
+    return names
 
 
 @hookimpl

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -429,3 +430,26 @@ def test_without_tensorboard_installed_a_run_says_so_once_and_trains_on(monkeypa
         curves = live_curves.TrainingCurves(tmp_path, enabled=True)
     curves.add_epoch({"epoch": 1, "train_loss": 1.0})
     assert curves.writer is None and not list(tmp_path.iterdir())
+
+
+def test_mpii_test_images_list_gives_the_test_split(tmp_path):
+    root = make_mpii(tmp_path)
+    listed = tmp_path / "valid.txt"
+    listed.write_text("# Tompson et al.'s validation images\n000000002.jpg\n000000005.jpg  # two people\n\n")
+    data = MPIIHumanPose.create(root=root, test_images=str(listed))
+    splits = data.splits("standard", None, 0)
+    assert sorted(data.instances[i].path.name for i in splits.test) == ["000000002.jpg", "000000005.jpg"]
+    assert not {data.instances[i].path.name for i in splits.train + splits.val} & {"000000002.jpg", "000000005.jpg"}
+    default = MPIIHumanPose.create(root=root).splits("standard", None, 0)
+    assert len(splits.train) + len(splits.val) + len(splits.test) == len(default.train) + len(default.val) + len(default.test)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("", "names no image"), ("000000012.jpg\n", "1 listed image(s) hold no single-person training people")],
+)
+def test_a_bad_mpii_test_image_list_is_a_one_line_error(tmp_path, text, message):
+    listed = tmp_path / "valid.txt"
+    listed.write_text(text)
+    with pytest.raises(DataError, match=f"valid.txt: .*{re.escape(message)}"):
+        MPIIHumanPose.create(root=make_mpii(tmp_path), test_images=str(listed))
