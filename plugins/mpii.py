@@ -169,7 +169,7 @@ class MPIIHumanPose(InstanceDataset):
                 )
 
     @classmethod
-    def create(cls, root: Path | str | None = None, skip_bad: bool = False, **options: Any) -> "MPIIHumanPose":
+    def create(cls, root: Path | str | None = None, skip_bad: bool = False, **options: Any) -> MPIIHumanPose:
         """Registry factory: options ``test_images`` (the split list) and ``cache_bytes``."""
         test_images, cache_bytes = options.pop("test_images", None), options.pop("cache_bytes", None)
         reject_options(cls.name, options)
