@@ -254,6 +254,7 @@ def test_spearman_of_a_perfect_ranking_and_too_few_rows():
         (["--train-size", "7"], "--train-size 7: no finished cell"),
         (["--rows", "nosuch/row"], "--rows: no row 'nosuch/row'"),
         (["--background", "-2"], "--background must be"),
+        (["--pretext", "rotation"], "--pretext: with RESULTS_DIR every row brings its own config"),
     ],
 )
 def test_bad_options_are_one_line_errors(args, message):
@@ -282,3 +283,13 @@ def test_cli_probes_rows_prints_the_correlation_and_writes_json(tmp_path):
     written = json.loads(out.read_text())
     assert len(written["rows"]) == 3 and all(0 <= r["probe_acc"] <= 100 for r in written["rows"])
     assert -1.0 <= written["spearman"] <= 1.0
+
+
+def test_without_results_the_run_options_name_the_one_cell_probed(tmp_path):
+    root = make_lsp(tmp_path, n=60)
+    args = ["probe", "--profile", "smoke", "--data", "lsp", "--root", str(root), "--train-size", "10",
+            "--input-size", "32", "--workdir", str(tmp_path / "runs")]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "supervised" in result.output and "stage1+middle" in result.output
+    assert "n/a (fewer than 3 rows with a fine-tuned figure)" in result.output
