@@ -151,7 +151,10 @@ def test_inference_latency(benchmark, cpu_setup: Setup) -> None:
 
     def infer() -> None:
         with torch.inference_mode():
-            eval_step(net, cpu_setup.pose.new_metric(), single, cpu_setup.device, cpu_setup.settings, channels_last)
+            eval_step(
+                net, cpu_setup.pose, cpu_setup.pose.new_metric(), single, cpu_setup.device, cpu_setup.settings,
+                channels_last,
+            )
 
     benchmark.group = "inference"
     benchmark(infer)

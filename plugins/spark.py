@@ -180,6 +180,10 @@ class SparK(Pretext):
     def forward(self, net: nn.Module, batch: dict[str, Any]) -> list[torch.Tensor]:
         return masked_forward(net, batch["image"], 1.0 - batch["mask"], batch.get("centermap"))
 
+    def predict(self, net: nn.Module, batch: dict[str, Any]) -> list[torch.Tensor]:
+        """Evaluation runs the masked encoder too: the held-out error is that of the task trained."""
+        return self.forward(net, batch)
+
     @staticmethod
     def decoded(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """The outputs the dense decoder computes: all but the first when there are several."""

@@ -371,7 +371,7 @@ def time_inference(model: nn.Module, task: Task, batch: dict[str, Any], settings
         with torch.inference_mode():
             for i in range(reps + 1):
                 start = time.perf_counter()
-                eval_step(net, task.new_metric(), data, device, settings, channels_last)
+                eval_step(net, task, task.new_metric(), data, device, settings, channels_last)
                 _sync(device)
                 if i:  # the first is a warm-up
                     times.append(time.perf_counter() - start)

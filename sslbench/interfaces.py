@@ -227,6 +227,9 @@ class TransferPolicy(ABC):
     """Which layer groups of a pretrained backbone initialise the downstream one."""
 
     name: ClassVar[str]
+    #: whether the task adapters are copied too (only possible when the pretext had as many output maps as
+    #: the task; :func:`sslbench.transfer.transfer` refuses it otherwise). Copied adapters are always trained.
+    includes_adapters: ClassVar[bool] = False
 
     @abstractmethod
     def select(self, groups: list[LayerGroup]) -> list[LayerGroup]:
@@ -312,6 +315,12 @@ class Task(ABC):
         Plain tasks run the network once on the batch's ``image``; a task whose samples hold
         more (an unlabelled view to predict, say) may run it more often.
         """
+        return net(batch["image"], batch.get("centermap"))
+
+    def predict(self, net: nn.Module, batch: dict[str, Any]) -> list[torch.Tensor]:
+        """The outputs the metric sees at evaluation (in eval and inference mode): by default the
+        network on the batch's ``image``; a task whose metric compares its own embeddings (two
+        views, say) returns those."""
         return net(batch["image"], batch.get("centermap"))
 
     @abstractmethod

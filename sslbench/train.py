@@ -384,12 +384,18 @@ def train_step(
 
 
 def eval_step(
-    net: nn.Module, metric: Any, batch: dict[str, Any], device: torch.device, settings: TrainSettings, channels_last: bool
+    net: nn.Module,
+    task: Task,
+    metric: Any,
+    batch: dict[str, Any],
+    device: torch.device,
+    settings: TrainSettings,
+    channels_last: bool,
 ) -> None:
-    """Forward *batch* under autocast (call in inference mode) and add float32 outputs to *metric*."""
+    """:meth:`Task.predict` on *batch* under autocast (call in inference mode); float32 outputs to *metric*."""
     batch = batch_to_device(batch, device, channels_last)
     with autocast_context(device, settings):
-        outputs = net(batch["image"], batch.get("centermap"))
+        outputs = task.predict(net, batch)
     metric.update([o.float() for o in outputs], batch)
 
 
@@ -410,7 +416,7 @@ def evaluate(model: nn.Module, task: Task, dataset: TaskDataset, settings: Train
     try:
         with torch.inference_mode():
             for batch in loader:
-                eval_step(net, metric, batch, device, settings, channels_last)
+                eval_step(net, task, metric, batch, device, settings, channels_last)
     finally:
         net.train(was_training)
     return metric.compute()
