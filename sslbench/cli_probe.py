@@ -17,9 +17,10 @@ from rich.table import Table
 from sslbench.atomic import write_json
 from sslbench.cli_run import config_from_options, config_options
 from sslbench.errors import ConfigError
+from sslbench.phases import is_pretrained
 from sslbench.probe import ProbeRow, ProbeSettings, probe, result_rows, spearman
 from sslbench.registry import default_registry
-from sslbench.strategies import transfer_label
+from sslbench.strategies import pretrains, transfer_label
 
 
 @click.command("probe")
@@ -77,8 +78,12 @@ def probe_command(
         label = "supervised" if config.pretext == "none" else transfer_label(config)
         cells = [ProbeRow(label, float("nan"), 0, config)]
     registry = default_registry()
-    entries = []
+    entries, missing = [], []
     for row in cells:
+        cached = not pretrains(row.config, registry) or is_pretrained(workdir, row.config)
+        if results_dir is not None and not pretrain and not cached:  # the others are probed; the end says which
+            missing.append(row.label)
+            continue
         console.print(f"probing [bold]{row.label}[/] ({row.config.pretext}, policy {row.config.policy})")
         scores = probe(row.config, workdir, registry, settings, console, allow_pretrain=pretrain)
         entries.append({"row": row.label, "pck@0.2": row.pck, "seeds": row.seeds, **scores})
@@ -111,6 +116,9 @@ def probe_command(
         else f"{rho:+.3f} (p = {p:.3f}, {len(entries)} rows)"
     )
     console.print(f"Spearman rank correlation of probe_acc with fine-tuned test pck@0.2: {line}")
+    if missing:
+        console.print(f"[yellow]not probed[/] (no cached pretraining under {workdir}/pretext; --pretrain trains "
+                      f"them): {', '.join(missing)}", highlight=False)  # fmt: skip
     if json_path is not None:
         write_json(
             json_path,
@@ -121,5 +129,6 @@ def probe_command(
                 "rows": entries,
                 "spearman": rho,
                 "spearman_p": p,
+                "not_probed": missing,
             },
         )

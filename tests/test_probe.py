@@ -293,3 +293,12 @@ def test_without_results_the_run_options_name_the_one_cell_probed(tmp_path):
     assert result.exit_code == 0, result.output
     assert "supervised" in result.output and "stage1+middle" in result.output
     assert "n/a (fewer than 3 rows with a fine-tuned figure)" in result.output
+
+
+def test_rows_whose_pretraining_is_not_cached_are_listed_not_probed(tmp_path):
+    """A committed row whose pretraining is not in the (empty) pretext cache is named at the end, not probed."""
+    result = CliRunner().invoke(main, ["probe", str(REPO / "results" / "lsp-cpu"), "--rows", "rotation/first+middle",
+                                       "--workdir", str(tmp_path), "--json", str(tmp_path / "p.json")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "not probed" in result.output and "rotation/first+middle" in result.output
+    assert json.loads((tmp_path / "p.json").read_text())["not_probed"] == ["rotation/first+middle"]
