@@ -7,6 +7,7 @@ Builders (importable: ``from conftest import make_lsp``) and fixtures:
 - :func:`make_lspet` / ``lspet_root``: ``images/im00001.jpg..``; with ``labelled=True``
   also ``joints.mat`` 14x3xN, flag 1 = visible (LSP-extended's convention).
 - :func:`make_folder` / ``folder_root``: a flat folder of jpg/png/bmp/webp images.
+- :func:`smoke_pretraining`: held-out metrics of a one-epoch smoke pretraining of a pretext.
 
 Images are small (about 80x100 px) JPEGs of a coloured background with a stick figure
 drawn on the joints, so previews are easy to read.
@@ -133,6 +134,25 @@ def make_folder(tmp_path: Path, n: int = 12, *, name: str = "folder", seed: int 
         fake_image(rng, w, h).save(root / f"photo_{i:03d}{suffixes[i % len(suffixes)]}")
     (root / "notes.txt").write_text("not an image\n")
     return root
+
+
+def smoke_pretraining(tmp_path: Path, plugin: object, pretext: object) -> dict:
+    """Held-out metrics of a one-epoch smoke pretraining of *pretext* (from the module *plugin*) on 16
+    synthetic images at 32 px, through the cell's own pretraining path (sslbench.phases.pretrain)."""
+    from rich.console import Console
+
+    from sslbench.config import set_path
+    from sslbench.phases import pretrain
+    from sslbench.profiles import profile_config
+    from sslbench.registry import Registry
+    from sslbench_plugins import cpm, synthetic
+
+    config = profile_config("smoke")
+    for path, value in {"pretext": pretext.name, "backbone_options.input_size": 32, "pretext_images": 16,
+                        "pretext_data_options.size": 24, "pretrain.precision": "fp32"}.items():  # fmt: skip
+        config = set_path(config, path.split("."), value)
+    registry = Registry(plugins=[cpm, plugin, synthetic], load_entrypoints=False)
+    return pretrain(config, pretext, tmp_path, registry, Console(quiet=True))["metrics"]
 
 
 def truncate(path: Path, keep: float = 0.5) -> None:

@@ -7,18 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from rich.console import Console
+from conftest import smoke_pretraining
 from torch.utils.data import default_collate
 
-from sslbench.config import set_path
 from sslbench.errors import CheckpointError, ConfigError
 from sslbench.interfaces import Geometry, SampleKey
-from sslbench.phases import pretrain
 from sslbench.pipeline import crop_matrix, transform_points
-from sslbench.profiles import profile_config
 from sslbench.registry import Registry
 from sslbench.transfer import transfer
-from sslbench_plugins import cpm, equivariance, policies, synthetic
+from sslbench_plugins import cpm, equivariance, policies
 from sslbench_plugins.equivariance import Equivariance, soft_landmarks
 
 SIZE, STRIDE = 64, 8
@@ -106,13 +103,7 @@ def test_bad_options_are_one_line_errors(options, message):
 
 
 def test_a_short_pretraining_reports_the_equivariance_error_in_pixels(tmp_path: Path):
-    config = profile_config("smoke")
-    for path, value in {"pretext": "equivariance", "backbone_options.input_size": 32, "pretext_images": 16,
-                        "pretext_data_options.size": 24, "pretrain.precision": "fp32"}.items():  # fmt: skip
-        config = set_path(config, path.split("."), value)
-    registry = Registry(plugins=[cpm, equivariance, synthetic], load_entrypoints=False)
-    result = pretrain(config, Equivariance(), tmp_path, registry, Console(quiet=True))
-    metrics = result["metrics"]
+    metrics = smoke_pretraining(tmp_path, equivariance, Equivariance())
     assert set(metrics) >= {"equivariance_px", "spread_px", "loss"}
     assert 0 <= metrics["equivariance_px"] < 32 and metrics["spread_px"] > 0
 

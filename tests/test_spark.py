@@ -7,16 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from rich.console import Console
+from conftest import smoke_pretraining
 from torch.utils.data import default_collate
 
-from sslbench.config import set_path
 from sslbench.errors import ConfigError
 from sslbench.interfaces import Geometry, SampleKey
-from sslbench.phases import pretrain
-from sslbench.profiles import profile_config
-from sslbench.registry import Registry
-from sslbench_plugins import cpm, spark, synthetic
+from sslbench_plugins import cpm, spark
 from sslbench_plugins.spark import SparK, masked_forward, visible_at
 
 GEOMETRY = Geometry(64, 8)
@@ -128,11 +124,6 @@ def test_bad_options_are_one_line_errors(options, message):
 
 
 def test_a_short_pretraining_runs_and_reports_the_masked_error(tmp_path: Path):
-    config = profile_config("smoke")
-    for path, value in {"pretext": "spark", "backbone_options.input_size": 32, "pretext_images": 16,
-                        "pretext_data_options.size": 24, "pretrain.precision": "fp32"}.items():  # fmt: skip
-        config = set_path(config, path.split("."), value)
-    registry = Registry(plugins=[cpm, spark, synthetic], load_entrypoints=False)
-    result = pretrain(config, SparK(), tmp_path, registry, Console(quiet=True))
-    assert set(result["metrics"]) >= {"masked_mse", "loss"}
-    assert np.isfinite(result["metrics"]["masked_mse"])
+    metrics = smoke_pretraining(tmp_path, spark, SparK())
+    assert set(metrics) >= {"masked_mse", "loss"}
+    assert np.isfinite(metrics["masked_mse"])
