@@ -95,7 +95,9 @@ class TransferReport:
 
     @property
     def transferred_parameters(self) -> int:
-        return sum(g.parameters for g in self.groups if g.transferred)
+        return sum(g.parameters for g in self.groups if g.transferred) + sum(
+            a.parameters for a in self.adapters if a.transferred
+        )
 
     @property
     def frozen_parameters(self) -> int:
@@ -223,8 +225,9 @@ def transfer(
         target.scale_lr(copied_paths, lr_scale)
 
     seen: set[int] = set()  # adapters counted first, so a group never counts an adapter's weights
-    copy_adapters = policy.includes_adapters
-    adapter_info = [AdapterInfo(path, _parameter_count(target, [path], seen), copy_adapters) for path in adapters]
+    adapter_info = [
+        AdapterInfo(path, _parameter_count(target, [path], seen), policy.includes_adapters) for path in adapters
+    ]
     group_info = []
     for group in groups:
         chosen = group.name in selected_names

@@ -128,7 +128,7 @@ def test_all_with_adapters_copies_the_output_layers_of_a_15_map_pretext(freeze):
         for name, tensor in target.get_submodule(path).state_dict().items():
             assert torch.equal(tensor, source.state_dict()[f"{path}.{name}"])
         assert all(p.requires_grad for p in target.get_submodule(path).parameters())  # adapters always train
-    assert report.transferred_parameters + sum(a.parameters for a in report.adapters) == report.total_parameters
+    assert report.transferred_parameters == report.total_parameters
     assert all(a.transferred for a in report.adapters)
     assert freeze == (not any(p.requires_grad for p in target.stage1.features.parameters()))
 
