@@ -6,7 +6,7 @@ See :mod:`sslbench.probe` for what is probed and how.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,17 +78,27 @@ def probe_command(
         label = "supervised" if config.pretext == "none" else transfer_label(config)
         cells = [ProbeRow(label, float("nan"), 0, config)]
     registry = default_registry()
-    entries, missing = [], []
+    entries, missing, probed = [], [], {}
     for row in cells:
         cached = not pretrains(row.config, registry) or is_pretrained(workdir, row.config)
         if results_dir is not None and not pretrain and not cached:  # the others are probed; the end says which
             missing.append(row.label)
             continue
-        console.print(f"probing [bold]{row.label}[/] ({row.config.pretext}, policy {row.config.policy})")
-        scores = probe(row.config, workdir, registry, settings, console, allow_pretrain=pretrain)
-        entries.append({"row": row.label, "pck@0.2": row.pck, "seeds": row.seeds, **scores})
-        console.print(f"  probe_acc {scores['probe_acc']:.1f} %  ({scores['seconds']:.0f} s)")
-    rho, p = spearman([e["probe_acc"] for e in entries], [e["pck@0.2"] for e in entries])
+        network = replace(row.config, freeze=False).cell_id  # a frozen row starts from the fine-tuned one's network
+        if network not in probed:
+            console.print(f"probing [bold]{row.label}[/] ({row.config.pretext}, policy {row.config.policy})")
+            probed[network] = probe(row.config, workdir, registry, settings, console, allow_pretrain=pretrain)
+            console.print(f"  probe_acc {probed[network]['probe_acc']:.1f} %  ({probed[network]['seconds']:.0f} s)")
+        entries.append({"row": row.label, "pck@0.2": row.pck, "seeds": row.seeds, "frozen": row.config.freeze,
+                        **probed[network]})  # fmt: skip
+    groups = {"rows": entries}
+    if any(e["frozen"] for e in entries):  # fine-tuned and frozen transfer apart, each against supervised
+        groups["fine-tuned rows and supervised"] = [e for e in entries if not e["frozen"]]
+        groups["frozen rows and supervised"] = [e for e in entries if e["frozen"] or e["row"] == "supervised"]
+    correlations = {}
+    for name, members in groups.items():
+        rho, p = spearman([e["probe_acc"] for e in members], [e["pck@0.2"] for e in members])
+        correlations[name] = {"spearman": rho, "p": p, "rows": len(members)}
 
     table = Table(
         title=f"linear probe at {train_size} labelled images ({results_dir or cells[0].config.data})",
@@ -110,12 +120,10 @@ def probe_command(
     table.caption = (f"probe_acc: balanced accuracy over 14 joints + background on the {entries[0]['val_images']} "
                      f"validation images (chance {chance:.1f} %)") if entries else None  # fmt: skip
     console.print(table)
-    line = (
-        "n/a (fewer than 3 rows with a fine-tuned figure)"
-        if math.isnan(rho)
-        else f"{rho:+.3f} (p = {p:.3f}, {len(entries)} rows)"
-    )
-    console.print(f"Spearman rank correlation of probe_acc with fine-tuned test pck@0.2: {line}")
+    for name, found in correlations.items():
+        line = "n/a (fewer than 3 rows with a fine-tuned figure)" if math.isnan(found["spearman"]) else (
+            f"{found['spearman']:+.3f} (p = {found['p']:.3f}, {found['rows']} {name})")  # fmt: skip
+        console.print(f"Spearman rank correlation of probe_acc with fine-tuned test pck@0.2: {line}")
     if missing:
         console.print(f"[yellow]not probed[/] (no cached pretraining under {workdir}/pretext; --pretrain trains "
                       f"them): {', '.join(missing)}", highlight=False)  # fmt: skip
@@ -127,8 +135,9 @@ def probe_command(
                 "train_size": train_size,
                 "settings": asdict(settings),
                 "rows": entries,
-                "spearman": rho,
-                "spearman_p": p,
+                "spearman": correlations["rows"]["spearman"],
+                "spearman_p": correlations["rows"]["p"],
+                "correlations": correlations,
                 "not_probed": missing,
             },
         )
