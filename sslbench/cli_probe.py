@@ -92,9 +92,9 @@ def probe_command(
         entries.append({"row": row.label, "pck@0.2": row.pck, "seeds": row.seeds, "frozen": row.config.freeze,
                         **probed[network]})  # fmt: skip
     groups = {"rows": entries}
-    if any(e["frozen"] for e in entries):  # fine-tuned and frozen transfer apart, each against supervised
+    if any(e["frozen"] for e in entries):  # fine-tuned (with supervised) and frozen transfer apart
         groups["fine-tuned rows and supervised"] = [e for e in entries if not e["frozen"]]
-        groups["frozen rows and supervised"] = [e for e in entries if e["frozen"] or e["row"] == "supervised"]
+        groups["frozen rows"] = [e for e in entries if e["frozen"]]
     correlations = {}
     for name, members in groups.items():
         rho, p = spearman([e["probe_acc"] for e in members], [e["pck@0.2"] for e in members])
