@@ -214,10 +214,10 @@ def probe(
     """Probe the network the cell *config* fine-tunes from: its score on validation and what went in."""
     console = console or Console(quiet=True)
     settings.validate()
-    started = time.perf_counter()
     data = open_dataset(registry, config.data, config.root, config.data_options, "--data")
     splits = data.splits(config.protocol, config.train_size, config.seed)
     model = initial_network(config, Path(workdir), registry, console, allow_pretrain)
+    started = time.perf_counter()  # the probe's own time, without a pretraining it had to train
     groups = probed_groups(model, config.policy, registry)
     train = point_features(model, groups, data, splits.train, config.seed, settings)
     val = point_features(model, groups, data, splits.val, config.seed, settings)
