@@ -51,13 +51,13 @@ def probe_command(
     json_path: Path | None,
     **options: Any,
 ) -> None:
-    """Linear probe (joint identity, 14 joints + background, from frozen features) of the network a cell
-    fine-tunes from: of every row of RESULTS_DIR, with the Spearman correlation of the probe with the rows'
-    fine-tuned test PCK@0.2; or, without RESULTS_DIR, of the one cell the `sslbench run` options describe
-    (--pretrain trains its pretraining when it is not cached).
+    """Linear probe of the network every row of a results store fine-tunes from, and its rank correlation with fine-tuned PCK.
 
-    The probe fits on the budget's training images and scores on the validation images; it never reads the
-    test images."""
+    The probe (joint identity, 14 joints + background, from frozen features) runs on the network each row of
+    RESULTS_DIR fine-tunes from, and Spearman's correlation of the probe with the rows' fine-tuned test
+    PCK@0.2 is printed; without RESULTS_DIR it probes the one cell the `sslbench run` options describe
+    (--pretrain trains its pretraining when it is not cached). The probe fits on the budget's training images
+    and scores on the validation images; it never reads the test images."""
     train_size = 200 if options["train_size"] is None else options["train_size"]
     if train_size < 1:
         raise ConfigError(f"--train-size must be >= 1, got {train_size}")
