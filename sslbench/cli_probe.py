@@ -93,7 +93,7 @@ def probe_command(
                         **probed[network]})  # fmt: skip
     groups = {"rows": entries}
     if any(e["frozen"] for e in entries):  # fine-tuned (with supervised) and frozen transfer apart
-        groups["fine-tuned rows and supervised"] = [e for e in entries if not e["frozen"]]
+        groups["rows fine-tuned or supervised"] = [e for e in entries if not e["frozen"]]
         groups["frozen rows"] = [e for e in entries if e["frozen"]]
     correlations = {}
     for name, members in groups.items():
@@ -121,7 +121,7 @@ def probe_command(
                      f"validation images (chance {chance:.1f} %)") if entries else None  # fmt: skip
     console.print(table)
     for name, found in correlations.items():
-        line = "n/a (fewer than 3 rows with a fine-tuned figure)" if math.isnan(found["spearman"]) else (
+        line = "n/a (fewer than 3 rows with a fine-tuned figure, or nothing to rank)" if math.isnan(found["spearman"]) else (
             f"{found['spearman']:+.3f} (p = {found['p']:.3f}, {found['rows']} {name})")  # fmt: skip
         console.print(f"Spearman rank correlation of probe_acc with fine-tuned test pck@0.2: {line}")
     if missing:

@@ -292,7 +292,7 @@ def test_without_results_the_run_options_name_the_one_cell_probed(tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "supervised" in result.output and "stage1+middle" in result.output
-    assert "n/a (fewer than 3 rows with a fine-tuned figure)" in result.output
+    assert "n/a (fewer than 3 rows with a fine-tuned figure, or nothing to rank)" in result.output
 
 
 def test_rows_whose_pretraining_is_not_cached_are_listed_not_probed(tmp_path):
