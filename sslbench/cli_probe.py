@@ -121,8 +121,11 @@ def probe_command(
                      f"validation images (chance {chance:.1f} %)") if entries else None  # fmt: skip
     console.print(table)
     for name, found in correlations.items():
-        line = "n/a (fewer than 3 rows with a fine-tuned figure, or nothing to rank)" if math.isnan(found["spearman"]) else (
-            f"{found['spearman']:+.3f} (p = {found['p']:.3f}, {found['rows']} {name})")  # fmt: skip
+        line = (
+            f"{found['spearman']:+.3f} (p = {found['p']:.3f}, {found['rows']} {name})"
+            if not math.isnan(found["spearman"])
+            else "n/a (fewer than 3 rows with a fine-tuned figure, or nothing to rank)"
+        )
         console.print(f"Spearman rank correlation of probe_acc with fine-tuned test pck@0.2: {line}")
     if missing:
         console.print(f"[yellow]not probed[/] (no cached pretraining under {workdir}/pretext; --pretrain trains "
