@@ -56,6 +56,15 @@ class FirstMiddlePolicy(RolePolicy):
     roles = frozenset({"first", "middle"})
 
 
+class AllWithAdaptersPolicy(RolePolicy):
+    """Every layer group and the task adapters too: the whole network, for a pretext whose outputs have the
+    task's shape (``equivariance`` with 15 landmarks); refused when the adapters' shapes differ."""
+
+    name = "all+adapters"
+    roles = AllPolicy.roles
+    includes_adapters = True
+
+
 class NoTransferPolicy(RolePolicy):
     """Nothing: the pose network keeps its random initialisation."""
 
@@ -63,7 +72,13 @@ class NoTransferPolicy(RolePolicy):
     roles = frozenset()
 
 
-POLICIES: tuple[type[RolePolicy], ...] = (AllPolicy, FirstPolicy, FirstMiddlePolicy, NoTransferPolicy)
+POLICIES: tuple[type[RolePolicy], ...] = (
+    AllPolicy,
+    AllWithAdaptersPolicy,
+    FirstPolicy,
+    FirstMiddlePolicy,
+    NoTransferPolicy,
+)
 
 
 def _factory(cls: type[RolePolicy]):
@@ -79,6 +94,8 @@ def _factory(cls: type[RolePolicy]):
 def sslbench_policies() -> list[Entry]:
     descriptions = {
         "all": "transfer every layer group except the task adapters (report sec. 4.2)",
+        "all+adapters": "transfer every layer group and the task adapters (a pretext with as many output maps "
+        "as the task, e.g. equivariance with 15 landmarks)",
         "first": "transfer the first group only (CPM stage 1; report sec. 4.3)",
         "first+middle": "transfer the first and middle groups (CPM stage 1 + shared trunk; report sec. 4.4)",
         "none": "transfer nothing: random initialisation",

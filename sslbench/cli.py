@@ -92,6 +92,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
                  "Score a pose checkpoint on a labelled split: PCK@0.2, PCK@0.1, AUC and per-part PCK."),
     "predict": ("sslbench.cli_model", "predict_command",
                 "Predict the 14 joints of the person in each image (IMAGE_OR_DIR...)."),
+    "probe": ("sslbench.cli_probe", "probe_command", "Linear probe of the network every row of a results store "
+              "fine-tunes from, and its rank correlation with fine-tuned PCK."),
     "report": ("sslbench.cli_sweep", "report_command", "Tables (and plots) of sweep results: strategies x train "
                "sizes, CIs, paired tests against supervised."),
     "run": ("sslbench.cli_run", "run_command",

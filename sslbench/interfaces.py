@@ -265,6 +265,9 @@ class TransferPolicy(ABC):
     """Which layer groups of a pretrained backbone initialise the downstream one."""
 
     name: ClassVar[str]
+    #: whether the task adapters are copied too (only possible when the pretext had as many output maps as
+    #: the task; :func:`sslbench.transfer.transfer` refuses it otherwise). Copied adapters are always trained.
+    includes_adapters: ClassVar[bool] = False
 
     @abstractmethod
     def select(self, groups: list[LayerGroup]) -> list[LayerGroup]:

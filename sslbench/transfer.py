@@ -4,7 +4,9 @@ A :class:`~sslbench.interfaces.TransferPolicy` picks layer groups by role; :func
 copies every parameter *and* buffer of those groups' modules (BatchNorm running
 statistics included) from the pretext network's state dict into the pose network.
 Task adapters (:meth:`Backbone.adapters`, whose shapes depend on the number of outputs)
-are never copied: they keep their fresh initialisation. With ``freeze`` the copied
+are not copied: they keep their fresh initialisation, unless the policy ``includes_adapters``
+(``all+adapters``; the pretext then had the task's number of output maps, else the transfer is
+refused) and then they are copied and always trained. With ``freeze`` the copied
 modules stop receiving gradients and stay in eval mode (:meth:`Backbone.freeze`), so
 their weights and normalisation statistics are bit-identical after downstream training.
 With ``lr_scale`` the fine-tuned copies train at that multiple of the learning rate
@@ -68,6 +70,8 @@ class AdapterInfo:
 
     path: str
     parameters: int
+    #: copied from the pretrained weights (a policy that ``includes_adapters``)
+    transferred: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,9 @@ class TransferReport:
 
     @property
     def transferred_parameters(self) -> int:
-        return sum(g.parameters for g in self.groups if g.transferred)
+        return sum(g.parameters for g in self.groups if g.transferred) + sum(
+            a.parameters for a in self.adapters if a.transferred
+        )
 
     @property
     def frozen_parameters(self) -> int:
@@ -139,7 +145,8 @@ class TransferReport:
             paths = [a.path for a in self.adapters]
             shown = ", ".join(paths) if len(paths) <= 3 else f"{', '.join(paths[:3])}, ... ({len(paths)} layers)"
             count = sum(a.parameters for a in self.adapters)
-            table.add_row("adapters", "adapter", shown, f"{count:,}", "random", "trained", style="dim")
+            init = "pretrained" if any(a.transferred for a in self.adapters) else "random"
+            table.add_row("adapters", "adapter", shown, f"{count:,}", init, "trained", style="dim")
         if self.other_parameters:
             table.add_row("(other)", "-", "", f"{self.other_parameters:,}", "random", "trained", style="dim")
         table.caption = (
@@ -205,6 +212,8 @@ def transfer(
                         f"has shape {tuple(tensor.shape)}; pretrain and fine-tune with the same backbone options"
                     )
                 updates.append((key, tensor, source))
+    if policy.includes_adapters:
+        updates += _adapter_updates(source_state, target, policy, adapters)
     with torch.no_grad():
         for _, tensor, source in updates:
             tensor.copy_(source)  # state_dict() tensors share storage with the module's
@@ -216,7 +225,9 @@ def transfer(
         target.scale_lr(copied_paths, lr_scale)
 
     seen: set[int] = set()  # adapters counted first, so a group never counts an adapter's weights
-    adapter_info = [AdapterInfo(path, _parameter_count(target, [path], seen)) for path in adapters]
+    adapter_info = [
+        AdapterInfo(path, _parameter_count(target, [path], seen), policy.includes_adapters) for path in adapters
+    ]
     group_info = []
     for group in groups:
         chosen = group.name in selected_names
@@ -242,3 +253,25 @@ def transfer(
         copied=tuple(key for key, _, _ in updates),
         lr_scale=float(lr_scale),
     )
+
+
+def _adapter_updates(
+    source_state: dict[str, torch.Tensor], target: Backbone, policy: TransferPolicy, adapters: list[str]
+) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(key, target tensor, source tensor) of every adapter tensor, for a policy that copies the adapters;
+    a :class:`CheckpointError` when the pretext's outputs do not have the task's shape."""
+    updates = []
+    for path in adapters:
+        for name, tensor in target.get_submodule(path).state_dict().items():
+            key = f"{path}.{name}"
+            source = source_state.get(key)
+            if source is None or tuple(source.shape) != tuple(tensor.shape):
+                held = "no such tensor" if source is None else f"shape {tuple(source.shape)}"
+                raise CheckpointError(
+                    f"policy {policy.name} copies the task adapters too, but the pretrained adapter {key!r} has "
+                    f"{held} where the network being initialised has shape {tuple(tensor.shape)}: the pretext had "
+                    f"another number of output maps than this task's {target.num_outputs}; pretrain with "
+                    f"{target.num_outputs} maps or use a policy without the adapters (all)"
+                )
+            updates.append((key, tensor, source))
+    return updates

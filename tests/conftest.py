@@ -11,6 +11,7 @@ Builders (importable: ``from conftest import make_lsp``) and fixtures:
   ``val.json``) in COCO's keypoint format, two people a picture, some ``v = 0`` joints.
 - :func:`make_mpii` / ``mpii_root``: ``images/`` plus ``mpii_human_pose_v1_u12_1.mat`` (RELEASE
   with annolist, img_train, single_person), MPII's 16 joints, a few points left out.
+- :func:`smoke_pretraining`: held-out metrics of a one-epoch smoke pretraining of a pretext.
 
 Images are small (about 80x100 px) JPEGs of a coloured background with a stick figure
 drawn on the joints, so previews are easy to read.
@@ -234,6 +235,25 @@ def make_mpii(tmp_path: Path, n: int = 12, *, name: str = "mpii", seed: int = 4)
     release = {"annolist": annolist, "img_train": np.array([1] * (n - 1) + [0]), "single_person": single}
     scipy.io.savemat(root / ANNOTATION_FILE, {"RELEASE": release})
     return root
+
+
+def smoke_pretraining(tmp_path: Path, plugin: object, pretext: object) -> dict:
+    """Held-out metrics of a one-epoch smoke pretraining of *pretext* (from the module *plugin*) on 16
+    synthetic images at 32 px, through the cell's own pretraining path (sslbench.phases.pretrain)."""
+    from rich.console import Console
+
+    from sslbench.config import set_path
+    from sslbench.phases import pretrain
+    from sslbench.profiles import profile_config
+    from sslbench.registry import Registry
+    from sslbench_plugins import cpm, synthetic
+
+    config = profile_config("smoke")
+    for path, value in {"pretext": pretext.name, "backbone_options.input_size": 32, "pretext_images": 16,
+                        "pretext_data_options.size": 24, "pretrain.precision": "fp32"}.items():  # fmt: skip
+        config = set_path(config, path.split("."), value)
+    registry = Registry(plugins=[cpm, plugin, synthetic], load_entrypoints=False)
+    return pretrain(config, pretext, tmp_path, registry, Console(quiet=True))["metrics"]
 
 
 def truncate(path: Path, keep: float = 0.5) -> None:

@@ -10,10 +10,12 @@ import torch
 from click.testing import CliRunner
 from torch.utils.data import default_collate
 
+import sslbench_plugins.equivariance as equivariance_plugin
 import sslbench_plugins.inpaint as inpaint_plugin
 import sslbench_plugins.jigsaw_ce as jigsaw_ce_plugin
 import sslbench_plugins.jigsaw_heatmap as jigsaw_heatmap_plugin
 import sslbench_plugins.rotation as rotation_plugin
+import sslbench_plugins.spark as spark_plugin
 import sslbench_plugins.supervised as supervised_plugin
 from sslbench import jigsaw
 from sslbench.cli import main
@@ -27,7 +29,8 @@ from sslbench_plugins.jigsaw_ce import JigsawCE
 from sslbench_plugins.jigsaw_heatmap import JigsawHeatmap
 from sslbench_plugins.rotation import Rotation
 
-PLUGINS = [jigsaw_heatmap_plugin, jigsaw_ce_plugin, rotation_plugin, inpaint_plugin, supervised_plugin]
+PLUGINS = [jigsaw_heatmap_plugin, jigsaw_ce_plugin, rotation_plugin, inpaint_plugin, spark_plugin, equivariance_plugin,
+           supervised_plugin]  # fmt: skip
 SMALL = Geometry(input_size=72, stride=8)  # 9 x 9 maps
 
 
@@ -391,6 +394,10 @@ TASKS = [
     ("jigsaw-ce", {"head": "permutation", "permutations": "set:10"}),
     ("rotation", {}),
     ("inpaint", {}),
+    ("spark", {}),
+    ("spark", {"target_size": 8, "norm_target": False, "patch": 1}),
+    ("equivariance", {}),
+    ("equivariance", {"landmarks": 4, "rotation": 0.0}),
 ]
 
 
@@ -419,13 +426,13 @@ def test_a_tiny_cpm_trains_on_every_pretext(name, options, registry):
     torch.manual_seed(0)
     model = cpm.CPM(num_outputs=task.num_outputs, stages=2, width=0.0625, input_size=48)
     batch = batch_of(task, geometry, count=4, train=True)
-    loss = task.loss(model(batch["image"], batch["centermap"]), batch)
+    loss = task.loss(task.forward(model, batch), batch)
     loss.backward()
     assert torch.isfinite(loss) and loss.item() > 0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     metric = task.new_metric()
     with torch.no_grad():
-        metric.update(model(batch["image"], batch["centermap"]), batch)
+        metric.update(task.predict(model, batch), batch)
     result = metric.compute()
     assert task.monitor in result and "loss" in result and all(np.isfinite(v) for v in result.values() if v != np.inf)
 
@@ -470,7 +477,7 @@ def test_registered_pretexts_and_policies_appear_in_sslbench_plugins():
     result = CliRunner().invoke(main, ["plugins", "--json"])
     assert result.exit_code == 0, result.output
     listed = {(row["kind"], row["name"]) for row in json.loads(result.output)["plugins"]}
-    for name in ("none", "jigsaw-heatmap", "jigsaw-ce", "rotation", "inpaint"):
+    for name in ("none", "jigsaw-heatmap", "jigsaw-ce", "rotation", "inpaint", "spark", "equivariance"):
         assert ("pretext", name) in listed
-    for name in ("all", "first", "first+middle", "none"):
+    for name in ("all", "all+adapters", "first", "first+middle", "none"):
         assert ("policy", name) in listed

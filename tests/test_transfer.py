@@ -108,7 +108,7 @@ def train_steps(model: Backbone, steps: int = 3) -> None:
 
 
 def test_policies_are_registered_and_select_groups_by_role(registry):
-    assert registry.names("policy") == ["all", "first", "first+middle", "none"]
+    assert registry.names("policy") == ["all", "all+adapters", "first", "first+middle", "none"]
     groups = TinyNet(3).layer_groups()
     for name, roles in POLICY_ROLES.items():
         chosen = registry.create("policy", name).select(groups)

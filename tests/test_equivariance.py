@@ -1,0 +1,153 @@
+"""The equivariant-landmark pretext and the all+adapters policy that transfers its output layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import smoke_pretraining
+from torch.utils.data import default_collate
+
+from sslbench.errors import CheckpointError, ConfigError
+from sslbench.interfaces import Geometry, SampleKey
+from sslbench.pipeline import crop_matrix, transform_points
+from sslbench.registry import Registry
+from sslbench.transfer import transfer
+from sslbench_plugins import cpm, equivariance, policies
+from sslbench_plugins.equivariance import Equivariance, soft_landmarks
+
+SIZE, STRIDE = 64, 8
+M = SIZE // STRIDE
+CENTRE = ((SIZE - 1) / 2, (SIZE - 1) / 2)
+
+
+def peaked_maps(cells: list[tuple[int, int]]) -> torch.Tensor:
+    """(1, K, m, m) logits: 0 on the 3 x 3 block around each (x, y) cell, -1e4 elsewhere (softmax: exactly 0)."""
+    maps = torch.full((1, len(cells), M, M), -1e4)
+    for k, (x, y) in enumerate(cells):
+        maps[0, k, y - 1 : y + 2, x - 1 : x + 2] = 0.0
+    return maps
+
+
+def batch_with(matrix: np.ndarray) -> dict:
+    return {"image": torch.zeros(1, 3, SIZE, SIZE), "warp": torch.from_numpy(matrix)[None]}
+
+
+CELLS = [(2, 2), (4, 2), (3, 4)]  # moved by the warps below, every block stays inside the map
+
+
+@pytest.mark.parametrize(
+    "matrix, moved",
+    [
+        (crop_matrix((CENTRE[0] - 2 * STRIDE, CENTRE[1] - STRIDE), SIZE, SIZE), [(x + 2, y + 1) for x, y in CELLS]),
+        (crop_matrix(CENTRE, SIZE, SIZE, rotation=90.0), [(y, M - 1 - x) for x, y in CELLS]),
+    ],
+    ids=["shift", "quarter-turn"],
+)
+def test_the_equivariance_term_is_zero_for_maps_that_move_with_the_warp(matrix, moved):
+    task = Equivariance(landmarks=len(CELLS), concentration=0.0, separation=0.0)
+    batch = batch_with(matrix)
+    equivariant = torch.cat([peaked_maps(CELLS), peaked_maps(moved)])
+    assert float(task.loss([equivariant], batch)) == pytest.approx(0.0, abs=1e-6)
+    assert task.terms(equivariant, batch)["error"].abs().max() < 1e-4
+    still = torch.cat([peaked_maps(CELLS), peaked_maps(CELLS)])  # maps that ignore the warp
+    assert float(task.loss([still], batch)) > 0.5
+
+
+def test_soft_landmarks_sit_on_the_pipeline_map_convention():
+    points, variance = soft_landmarks(peaked_maps([(3, 4)]), STRIDE)
+    assert points[0, 0].tolist() == [3 * STRIDE + (STRIDE - 1) / 2, 4 * STRIDE + (STRIDE - 1) / 2]
+    assert float(variance[0, 0]) == pytest.approx(4 / 3)  # a 3 x 3 block: 2/3 cell² per axis
+
+
+def test_concentration_favours_peaked_maps_and_separation_distant_landmarks():
+    task = Equivariance(landmarks=2)
+    batch = batch_with(np.eye(3))
+    peaked = torch.cat([peaked_maps([(2, 2), (5, 5)])] * 2)
+    flat = torch.zeros_like(peaked)
+    assert task.terms(peaked, batch)["variance"].mean() < task.terms(flat, batch)["variance"].mean()
+    together = torch.cat([peaked_maps([(3, 3), (3, 3)])] * 2)
+    assert task.terms(together, batch)["crowding"].mean() > 0.99
+    assert task.terms(peaked, batch)["crowding"].mean() < 1e-3
+
+
+def test_the_sample_keeps_the_exact_warp_between_its_views():
+    task = Equivariance(augment=False)
+    image = np.full((SIZE, SIZE, 3), 40, dtype=np.uint8)
+    image[20:23, 40:43] = 250  # a bright dot around (41, 21)
+    sample = task.make_sample(image, None, SampleKey(0, 7), True, Geometry(SIZE, STRIDE))
+    matrix = sample["warp"].numpy()
+    warped = sample["warped"][0].numpy()
+    y, x = np.unravel_index(warped.argmax(), warped.shape)
+    expected = transform_points(np.array([[41.0, 21.0]]), matrix)[0]
+    assert np.hypot(x - expected[0], y - expected[1]) <= 1.5
+    again = task.make_sample(image, None, SampleKey(0, 7), True, Geometry(SIZE, STRIDE))
+    assert torch.equal(again["warp"], sample["warp"])  # by (seed, index, epoch)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"landmarks": 0}, "landmarks must be an integer"),
+        ({"rotation": "a lot"}, "rotation must be a number"),
+        ({"separation_sigma": 0.0}, "separation_sigma must be a number in \\(0.0"),
+        ({"shift": 0.8}, "shift must be a number in \\[0.0, 0.5\\]"),
+    ],
+)
+def test_bad_options_are_one_line_errors(options, message):
+    with pytest.raises(ConfigError, match=message) as raised:
+        Equivariance(**options)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_short_pretraining_reports_the_equivariance_error_in_pixels(tmp_path: Path):
+    metrics = smoke_pretraining(tmp_path, equivariance, Equivariance())
+    assert set(metrics) >= {"equivariance_px", "spread_px", "loss"}
+    assert 0 <= metrics["equivariance_px"] < 32 and metrics["spread_px"] > 0
+
+
+# ------------------------------------------------------------------------ the policy
+
+
+def networks(pretext_outputs: int):
+    registry = Registry(plugins=[cpm, policies], load_entrypoints=False)
+    torch.manual_seed(1)
+    source = registry.create("backbone", "cpm3", num_outputs=pretext_outputs, input_size=32, width=0.125)
+    torch.manual_seed(2)
+    target = registry.create("backbone", "cpm3", num_outputs=15, input_size=32, width=0.125)
+    return registry, source, target
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_all_with_adapters_copies_the_output_layers_of_a_15_map_pretext(freeze):
+    registry, source, target = networks(15)
+    report = transfer(source.state_dict(), target, registry.create("policy", "all+adapters"), freeze=freeze)
+    for path in target.adapters():
+        for name, tensor in target.get_submodule(path).state_dict().items():
+            assert torch.equal(tensor, source.state_dict()[f"{path}.{name}"])
+        assert all(p.requires_grad for p in target.get_submodule(path).parameters())  # adapters always train
+    assert report.transferred_parameters == report.total_parameters
+    assert all(a.transferred for a in report.adapters)
+    assert freeze == (not any(p.requires_grad for p in target.stage1.features.parameters()))
+
+
+def test_all_with_adapters_refuses_a_pretext_of_another_shape_and_changes_nothing():
+    registry, source, target = networks(4)  # rotation's 4 maps
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(CheckpointError, match="another number of output maps than this task's 15") as raised:
+        transfer(source.state_dict(), target, registry.create("policy", "all+adapters"), freeze=False)
+    assert "stage1.out.weight" in str(raised.value) and "\n" not in str(raised.value)
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
+    report = transfer(source.state_dict(), target, registry.create("policy", "all"), freeze=False)  # plain all works
+    assert not any(a.transferred for a in report.adapters)
+
+
+def test_the_equivariance_pretext_has_the_pose_tasks_shape_by_default():
+    from sslbench.pose import PoseTask
+
+    assert Equivariance().num_outputs == PoseTask().num_outputs
+    batch = default_collate([Equivariance().make_sample(np.zeros((40, 50, 3), np.uint8), None, SampleKey(0, 0), True,
+                                                        Geometry(32, 8))])  # fmt: skip
+    assert batch["warped"].shape == batch["image"].shape == (1, 3, 32, 32)
