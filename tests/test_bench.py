@@ -132,9 +132,9 @@ def test_variants_are_timed_side_by_side_with_their_own_settings():
 
 
 def test_emulated_bf16_is_skipped_not_timed(monkeypatch):
-    from sslbench import bench
+    from sslbench.bench import measures
 
-    monkeypatch.setattr(bench, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(measures, "cpu_has_native_bf16", lambda: False)
     model = tiny_cpm(stages=1)
     bf16 = Variant("bf16", "bf16", precision="bf16")
     settings = TrainSettings(batch_size=2)
