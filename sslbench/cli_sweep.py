@@ -81,7 +81,7 @@ def build_spec(spec_path: Path | None, **cli: Any) -> SweepSpec:
             spec.from_cli[key] = f"--{key.replace('_', '-')}"
     for text in cli.get("assignments") or ():
         path, value = parse_assignment(text)
-        spec.overrides.append(Override(tuple(path), value, f"--set {text}"))
+        spec.overrides.append(Override(tuple(path), value, f"--set {text}", command_line=True))
     return spec
 
 

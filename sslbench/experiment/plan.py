@@ -164,9 +164,7 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
     pruned: dict[str, str] = {}
     cells: dict[str, Cell] = {}
     profile_fields = profile.to_dict()
-    command_line_options = [
-        o for o in spec.overrides if o.origin.startswith("--set") and o.path[0].endswith("_options")
-    ]
+    command_line = [override for override in spec.overrides if override.command_line]
     for backbone, strategy_name, pretext, (text, policy, freeze), size, seed in itertools.product(
         backbones, strategy_names, spec.pretexts, policies, train_sizes, seeds
     ):
@@ -182,7 +180,7 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
         name = RunConfig(pretext=pretext, strategy=strategy_name).strategy_name
         fields["strategy_options"] = {**base.strategy_options, **spec.strategy_options.get(name, {})}
         config = RunConfig.from_dict(fields)
-        for override in command_line_options:  # the command line has the last word over the spec's tables
+        for override in command_line:  # the command line has the last word over the spec's tables
             config = _apply_override(config, override)
         fields = config.to_dict()
         try:

@@ -68,6 +68,8 @@ class Override:
     path: tuple[str, ...]
     value: Any
     origin: str
+    #: given as ``--set`` on the command line: applied again after the spec's per-plugin tables
+    command_line: bool = False
 
 
 @dataclass
