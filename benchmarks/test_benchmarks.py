@@ -24,14 +24,23 @@ import numpy as np
 import pytest
 import torch
 
-from sslbench.bench import BASELINE, JIGSAW_IMAGE_SIDE, PROFILE, Variant, pose_batch, slice_batch
+from sslbench.bench import (
+    BASELINE,
+    JIGSAW_IMAGE_SIDE,
+    PROFILE,
+    Variant,
+    pose_batch,
+    slice_batch,
+)
 from sslbench.data import TaskDataset, make_loader
 from sslbench.interfaces import Geometry, SampleKey
 from sslbench.phases import build_backbone, open_dataset
 from sslbench.pose import PoseTask
 from sslbench.profiles import profile_config
 from sslbench.registry import default_registry
-from sslbench.train import eval_step, make_optimizer, prepare_model, resolve_device, train_step, use_bf16
+from sslbench.training.device import prepare_model, resolve_device, use_bf16
+from sslbench.training.optim import make_optimizer
+from sslbench.training.steps import eval_step, train_step
 
 #: images (and batches) per loader benchmark round
 LOADER_BATCHES = 4

@@ -41,12 +41,19 @@ from sslbench.errors import ConfigError
 from sslbench.hookspecs import hookimpl
 from sslbench.interfaces import Backbone, Geometry, ImageDataset
 from sslbench.joints import FLIP_INDEX, NUM_JOINTS
-from sslbench.pipeline import Augment, centre_map_tensor, crop_matrix, decode_maps, to_tensor, warp
+from sslbench.pipeline import (
+    Augment,
+    centre_map_tensor,
+    crop_matrix,
+    decode_maps,
+    to_tensor,
+    warp,
+)
 from sslbench.pose import PoseTask
 from sslbench.registry import Entry
 from sslbench.semi import unlabelled_crop
 from sslbench.strategies import Cell, SemiSupervised
-from sslbench.train import FitResult
+from sslbench.training.loop import FitResult
 
 #: mixed into the seed of each sample's unlabelled pair
 _PAIR_WORD = 32452843

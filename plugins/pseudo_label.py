@@ -36,13 +36,27 @@ from sslbench.errors import ConfigError
 from sslbench.hookspecs import hookimpl
 from sslbench.interfaces import Backbone, Geometry, ImageDataset
 from sslbench.joints import FLIP_INDEX, NUM_JOINTS
-from sslbench.pipeline import centre_map_tensor, crop_matrix, person_box, to_tensor, warp
+from sslbench.pipeline import (
+    centre_map_tensor,
+    crop_matrix,
+    person_box,
+    to_tensor,
+    warp,
+)
 from sslbench.pose import decode_joints
 from sslbench.registry import Entry
-from sslbench.semi import Concat, JointsOverride, MaskedPoseTask, MixedTaskDataset, unlabelled_crop
+from sslbench.semi import (
+    Concat,
+    JointsOverride,
+    MaskedPoseTask,
+    MixedTaskDataset,
+    unlabelled_crop,
+)
 from sslbench.splits import budget
 from sslbench.strategies import Cell, SemiSupervised
-from sslbench.train import FitResult, finished, resolve_device
+from sslbench.training.device import resolve_device
+from sslbench.training.loop import FitResult
+from sslbench.training.run_files import finished
 
 
 def predict_joints(

@@ -23,7 +23,12 @@ from rich.table import Table
 from torch.utils.data import default_collate
 
 from sslbench import atomic
-from sslbench.checkpoint import Checkpoint, build_model, describe_backbone, load_checkpoint
+from sslbench.checkpoint import (
+    Checkpoint,
+    build_model,
+    describe_backbone,
+    load_checkpoint,
+)
 from sslbench.config import TrainSettings
 from sslbench.data import TaskDataset, cap_loader_workers
 from sslbench.drawing import draw_skeleton
@@ -35,7 +40,13 @@ from sslbench.registry import Registry, default_registry
 from sslbench.report import part_names
 from sslbench.semi import MaskedPoseTask
 from sslbench.skeleton import LSP, Skeleton
-from sslbench.train import autocast_context, batch_to_device, evaluate, prepare_model, resolve_device
+from sslbench.training.device import (
+    autocast_context,
+    batch_to_device,
+    prepare_model,
+    resolve_device,
+)
+from sslbench.training.steps import evaluate
 
 #: files picked up from a directory given to ``predict`` (subfolders are not searched)
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

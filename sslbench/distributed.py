@@ -9,7 +9,7 @@
 ``torchrun`` starts the processes and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_from_env` joins the process group when
 ``WORLD_SIZE`` > 1 (gloo on CPUs, NCCL when every phase trains on CUDA; each process
-takes the GPU ``LOCAL_RANK``). :func:`sslbench.train.fit` then wraps the model in
+takes the GPU ``LOCAL_RANK``). :func:`sslbench.training.loop.fit` then wraps the model in
 DistributedDataParallel and gives every rank its shard of each epoch; rank 0 alone
 evaluates, decides (best epoch, early stopping) and writes files, which is why the run
 and work directories must be on storage every node sees.

@@ -44,7 +44,9 @@ def commit() -> str | None:
 
 def describe(device: torch.device | str | None = None, precision: str | None = None) -> dict[str, Any]:
     """The machine; *precision* (``bf16``/``fp32``, what a run's downstream phase trained at) is added when given."""
-    from sslbench.train import cpu_has_native_bf16  # late: train imports much of sslbench
+    from sslbench.training.device import (
+        cpu_has_native_bf16,  # late: train imports much of sslbench
+    )
 
     device = torch.device(device) if device is not None else torch.device("cpu")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None

@@ -6,7 +6,7 @@ Data flows like this::
         --> Backbone(image, centermap) -> list of stage maps --> Task.loss / Task.new_metric
 
 Pose estimation (:mod:`sslbench.pose`) and every pretext are :class:`Task` objects, so
-one training loop (:func:`sslbench.train.fit`) trains both. A :class:`Strategy` decides how
+one training loop (:func:`sslbench.training.loop.fit`) trains both. A :class:`Strategy` decides how
 a cell's pose network starts and what its pose phase trains on
 (:mod:`sslbench.strategies` gives it the cell's data and the shared steps).
 """
@@ -369,7 +369,7 @@ class Task(ABC):
         """Make fresh trainable parts of the task's own for *backbone*, keep them as :attr:`parts`
         and return them: projection and prediction heads, a momentum encoder, a queue.
 
-        :func:`sslbench.train.fit` calls this once before it makes the optimiser (after
+        :func:`sslbench.training.loop.fit` calls this once before it makes the optimiser (after
         seeding, so initial weights are reproducible) and then: moves the parts to the
         training device, switches them between train and eval mode with the backbone,
         optimises their parameters that require gradients alongside the backbone's,
@@ -457,6 +457,6 @@ class Strategy(ABC):
         return cell.initial_network()
 
     def train(self, cell: Any, model: Backbone) -> Any:
-        """Train *model* for pose in place; return the :class:`sslbench.train.FitResult` whose best
+        """Train *model* for pose in place; return the :class:`sslbench.training.loop.FitResult` whose best
         validation epoch is loaded. By default: the labelled budget only."""
         return cell.fit_labelled(model)

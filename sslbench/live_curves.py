@@ -1,6 +1,6 @@
 """Live training curves: each fit's per-epoch record as TensorBoard scalars beside its ``metrics.jsonl``.
 
-:func:`sslbench.train.fit` writes, through ``torch.utils.tensorboard``, into its own run directory
+:func:`sslbench.training.loop.fit` writes, through ``torch.utils.tensorboard``, into its own run directory
 (``runs/cells/<id>/downstream``, ``runs/pretext/<pretext>-<hash>/run``, a teacher's or student's
 directory), so every phase is a TensorBoard run of its own and ``tensorboard --logdir runs/``
 shows a sweep's cells side by side while they train. Scalars, by epoch: ``train/loss``, ``lr``,

@@ -1,7 +1,7 @@
 """A task's own trainable parts in the one training loop (see :meth:`sslbench.interfaces.Task.build_parts`).
 
 A pretext such as SimCLR or MoCo trains modules of its own beside the backbone (projection
-heads, a momentum encoder, a queue). :func:`sslbench.train.fit` uses the helpers here to
+heads, a momentum encoder, a queue). :func:`sslbench.training.loop.fit` uses the helpers here to
 build them, optimise them, switch their mode and keep them beside the weights of its
 checkpoints, as extra tensors ``extra.parts.*``: every parameter and every buffer,
 persistent or not (lightly keeps its memory bank in non-persistent buffers), so a resumed

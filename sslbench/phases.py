@@ -30,7 +30,8 @@ from sslbench.errors import CheckpointError
 from sslbench.interfaces import Backbone, Geometry, ImageDataset, Pretext, Splits, Task
 from sslbench.registry import Registry
 from sslbench.splits import budget
-from sslbench.train import evaluate, fit
+from sslbench.training.loop import fit
+from sslbench.training.steps import evaluate
 
 
 def open_dataset(

@@ -34,7 +34,8 @@ from sslbench.registry import Registry, default_registry
 from sslbench.semi import pose_task_for
 from sslbench.skeleton import LSP, Skeleton
 from sslbench.strategies import Cell, strategy_of
-from sslbench.train import evaluate, resolve_device, resolve_precision
+from sslbench.training.device import resolve_device, resolve_precision
+from sslbench.training.steps import evaluate
 
 
 def run_cell(

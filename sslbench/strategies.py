@@ -35,7 +35,7 @@ from sslbench.pose import PoseTask
 from sslbench.pretexts import option_choice, option_float, option_int
 from sslbench.registry import Registry
 from sslbench.skeleton import LSP
-from sslbench.train import FitResult, fit
+from sslbench.training.loop import FitResult, fit
 from sslbench.transfer import transfer
 
 

@@ -17,7 +17,7 @@ from sslbench.phases import pretext_cache_dir
 from sslbench.profiles import profile_config
 from sslbench.registry import default_registry
 from sslbench.strategies import label
-from sslbench.train import resolve_precision
+from sslbench.training.device import resolve_precision
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
@@ -157,9 +157,9 @@ def test_the_cpu_profile_trains_fp32_and_fp32_cells_keep_the_ids_of_auto_ones(tm
 
 @pytest.mark.parametrize("native, precision", [(True, "bf16"), (False, "fp32")])
 def test_auto_is_resolved_for_the_machine_before_the_cell_id(monkeypatch, native: bool, precision: str) -> None:
-    import sslbench.train
+    import sslbench.training.device
 
-    monkeypatch.setattr(sslbench.train, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(sslbench.training.device, "cpu_has_native_bf16", lambda: native)
     auto = with_precision(rotation(), "auto")
     auto.pretrain.device = auto.downstream.device = "cpu"
     resolved = resolve_precision(auto)
@@ -172,12 +172,12 @@ def test_auto_is_resolved_for_the_machine_before_the_cell_id(monkeypatch, native
 
 @pytest.mark.slow
 def test_records_say_which_precision_ran_on_which_cpu(tmp_path: Path) -> None:
-    import sslbench.train
+    import sslbench.training.device
 
     record = runner.run_cell(tiny(), tmp_path)
-    ran = "bf16" if sslbench.train.cpu_has_native_bf16() else "fp32"
+    ran = "bf16" if sslbench.training.device.cpu_has_native_bf16() else "fp32"
     assert record["env"]["precision"] == record["config"]["downstream"]["precision"] == ran
-    assert record["env"]["cpu_bf16"] == sslbench.train.cpu_has_native_bf16()
+    assert record["env"]["cpu_bf16"] == sslbench.training.device.cpu_has_native_bf16()
     assert record["cell_id"] == RunConfig.from_dict(record["config"]).cell_id
 
 

@@ -16,7 +16,7 @@ from sslbench.errors import ConfigError
 from sslbench.profiles import profile_config
 from sslbench.results import write_record
 from sslbench.runner import run_cell
-from sslbench.train import read_jsonl
+from sslbench.training.epoch_log import read_jsonl
 
 TINY = [
     "--profile", "smoke", "--train-size", "6", "--input-size", "32",

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import make_lspet
 
-import sslbench.train as train_module
+import sslbench.training.loop as train_module
 import sslbench_plugins.byol as byol_plugin
 import sslbench_plugins.cpm as cpm_plugin
 import sslbench_plugins.densecl as densecl_plugin
@@ -27,7 +27,7 @@ from sslbench.errors import ConfigError
 from sslbench.interfaces import Geometry, SampleKey
 from sslbench.pipeline import to_image, transform_points, warp
 from sslbench.registry import Registry
-from sslbench.train import fit
+from sslbench.training.loop import fit
 from sslbench_plugins.densecl import matched_keys
 
 METHODS = ("simclr", "moco", "byol", "vicreg", "densecl")

@@ -345,7 +345,8 @@ def test_a_coco_pose_network_transfers_into_an_lsp_one_but_its_adapters(coco_roo
     """17 + 1 maps to 14 + 1: every layer group is copied, only the task adapters differ (and train afresh)."""
     from sslbench.config import TrainSettings
     from sslbench.registry import default_registry
-    from sslbench.train import evaluate, fit
+    from sslbench.training.loop import fit
+    from sslbench.training.steps import evaluate
     from sslbench.transfer import transfer
     from sslbench_plugins.lsp import LSP as LSPDataset
 
@@ -373,7 +374,7 @@ def test_a_coco_pose_network_transfers_into_an_lsp_one_but_its_adapters(coco_roo
 
 def _tiny_fit(root: Path, run_dir: Path, **settings):
     from sslbench.config import TrainSettings
-    from sslbench.train import fit
+    from sslbench.training.loop import fit
 
     data = COCOKeypoints.create(root=root)
     task = pose_task_for(data)

@@ -16,7 +16,7 @@ from sslbench.config import LATER_FIELDS, RunConfig, config_hash, set_path
 from sslbench.errors import ConfigError
 from sslbench.profiles import profile_config
 from sslbench.runner import run_cell
-from sslbench.train import resolve_precision
+from sslbench.training.device import resolve_precision
 from sslbench_plugins.synthetic import RENDER_VERSION
 
 pytestmark = pytest.mark.slow

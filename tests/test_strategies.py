@@ -22,7 +22,7 @@ from sslbench.registry import default_registry
 from sslbench.runner import run_cell
 from sslbench.semi import MaskedPoseTask
 from sslbench.strategies import label, strategy_of
-from sslbench.train import resolve_precision
+from sslbench.training.device import resolve_precision
 from sslbench_plugins.consistency import map_affine
 
 TINY = [

@@ -15,27 +15,36 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-import sslbench.train as train_module
+import sslbench.training.loop as train_module
+import sslbench.training.steps
 from sslbench.checkpoint import load_checkpoint, save_checkpoint
 from sslbench.config import TrainSettings
 from sslbench.data import TaskDataset, make_loader
 from sslbench.errors import CheckpointError, ConfigError
-from sslbench.interfaces import Backbone, Geometry, ImageDataset, LayerGroup, Metric, SampleKey, Splits, Task
+from sslbench.interfaces import (
+    Backbone,
+    Geometry,
+    ImageDataset,
+    LayerGroup,
+    Metric,
+    SampleKey,
+    Splits,
+    Task,
+)
 from sslbench.joints import NUM_JOINTS
 from sslbench.pipeline import to_tensor
 from sslbench.pose import PoseTask
-from sslbench.train import (
-    FitResult,
-    converge_epoch,
+from sslbench.training.device import (
     cpu_has_native_bf16,
-    evaluate,
-    fit,
-    lr_factor,
-    read_jsonl,
     resolve_device,
     use_bf16,
     use_channels_last,
 )
+from sslbench.training.epoch_log import read_jsonl
+from sslbench.training.loop import FitResult, fit
+from sslbench.training.optim import lr_factor
+from sslbench.training.steps import evaluate
+from sslbench.training.stopping import converge_epoch
 
 GEOMETRY = Geometry(input_size=32, stride=8)
 
@@ -269,7 +278,7 @@ def test_finished_run_resumes_as_done_without_training(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run must not train again")
 
-    monkeypatch.setattr(train_module, "_train_epoch", no_training)
+    monkeypatch.setattr(train_module, "train_epoch", no_training)
     again_model = TinyNet(num_outputs=2)
     again = fit(again_model, task, train_set, val_set, settings(), tmp_path, seed=0)
     assert again == first
@@ -510,7 +519,7 @@ def test_fit_result_round_trips_through_dict():
 
 
 def test_a_long_epoch_prints_progress_lines_when_there_is_no_terminal(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_module, "PLAIN_PROGRESS_S", 0.0)  # every step counts as "a while"
+    monkeypatch.setattr(sslbench.training.steps, "PLAIN_PROGRESS_S", 0.0)  # every step counts as "a while"
     task = RegressionTask(scores=[1.0, 2.0])
     train_set, val_set = datasets(task)
     out = io.StringIO()

@@ -233,7 +233,7 @@ def test_fine_tuned_layers_change_with_training(registry, policy_name):
 @pytest.mark.parametrize("policy_name", ["first", "first+middle"])
 def test_transfer_lr_trains_the_fine_tuned_copies_at_that_multiple_of_the_rate(registry, policy_name):
     from sslbench.config import TrainSettings
-    from sslbench.train import make_optimizer, parameter_groups
+    from sslbench.training.optim import make_optimizer, parameter_groups
 
     target = TinyNet(3)
     report = transfer(randomised(TinyNet(3), 1).state_dict(), target, registry.create("policy", policy_name), False, 0.1)

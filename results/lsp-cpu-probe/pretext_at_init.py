@@ -4,7 +4,7 @@ LSP-extended images: what the short pretrainings of README.md are measured again
     OMP_NUM_THREADS=1 python results/lsp-cpu-probe/pretext_at_init.py inpaint spark equivariance
 
 Each pretext gets the cpu profile's network, initialised like its pretraining (seed 0, the pretext's number of
-outputs), evaluated exactly as a pretraining's held-out metric is (sslbench.train.evaluate on the held-out
+outputs), evaluated exactly as a pretraining's held-out metric is (sslbench.training.steps.evaluate on the held-out
 split). ``trivial``: inpaint predicting 0 everywhere (the mean colour), spark predicting every patch's own mean
 (0 in per-patch normalised units), equivariance mapping every landmark to the centre of both views.
 """
@@ -20,7 +20,7 @@ from sslbench.interfaces import Geometry
 from sslbench.phases import build_backbone, open_dataset, train_and_val
 from sslbench.profiles import profile_config
 from sslbench.registry import default_registry
-from sslbench.train import evaluate
+from sslbench.training.steps import evaluate
 
 
 def at_init(name: str) -> dict[str, float]:

@@ -2,12 +2,12 @@
 
 ``sslbench bench`` measures, in one process and one run so ratios compare like with like:
 
-- the training step of :func:`sslbench.train.train_step` (the step :func:`~sslbench.train.fit`
+- the training step of :func:`sslbench.training.steps.train_step` (the step :func:`~sslbench.training.loop.fit`
   takes) in *variants* timed round-robin, one step of each in turn, so a busy machine
   slows them alike: ``profile`` (precision and memory format resolved exactly as ``fit``
   resolves them), ``baseline`` (plain fp32, NCHW) and optional explorations;
 - inference: latency per image at batch 1 and evaluation throughput at the batch size
-  (:func:`sslbench.train.eval_step`: forward, decoding, metric);
+  (:func:`sslbench.training.steps.eval_step`: forward, decoding, metric);
 - sample generation (jigsaw puzzles on 250 x 250 images, pose crops with augmentation
   and heatmaps) and the data loader end to end (:class:`TaskDataset` + :func:`make_loader`,
   one worker process) as a multiple of the training step's images per second;
@@ -24,7 +24,13 @@ and the load average before and after: figures taken on a busy machine are lower
 :mod:`~sslbench.bench.run` runs a plan and :mod:`~sslbench.bench.output` shows the result.
 """
 
-from sslbench.bench.measures import count_flops, pose_batch, slice_batch, time_training, train_flops_per_image
+from sslbench.bench.measures import (
+    count_flops,
+    pose_batch,
+    slice_batch,
+    time_training,
+    train_flops_per_image,
+)
 from sslbench.bench.output import busy_warning, result_table
 from sslbench.bench.plan import BASELINE, JIGSAW_IMAGE_SIDE, PROFILE, BenchPlan, Variant
 from sslbench.bench.run import run_bench

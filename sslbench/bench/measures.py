@@ -30,16 +30,10 @@ from sslbench.errors import ConfigError
 from sslbench.interfaces import Backbone, Geometry, ImageDataset, SampleKey, Task
 from sslbench.pose import PoseTask
 from sslbench.registry import Registry
-from sslbench.train import (
-    cpu_has_native_bf16,
-    eval_step,
-    fit,
-    make_optimizer,
-    parameter_groups,
-    prepare_model,
-    train_step,
-    use_bf16,
-)
+from sslbench.training.device import cpu_has_native_bf16, prepare_model, use_bf16
+from sslbench.training.loop import fit
+from sslbench.training.optim import make_optimizer, parameter_groups
+from sslbench.training.steps import eval_step, train_step
 
 
 @dataclass

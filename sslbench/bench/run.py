@@ -31,18 +31,20 @@ from sslbench.bench.measures import (
     time_training,
     train_flops_per_image,
 )
-from sslbench.bench.plan import JIGSAW_IMAGE_SIDE, JIGSAW_PRETEXT, LOADER_TARGET_RATIO, SCHEMA, BenchPlan
+from sslbench.bench.plan import (
+    JIGSAW_IMAGE_SIDE,
+    JIGSAW_PRETEXT,
+    LOADER_TARGET_RATIO,
+    SCHEMA,
+    BenchPlan,
+)
 from sslbench.config import RunConfig
 from sslbench.data import TaskDataset
 from sslbench.errors import ConfigError
 from sslbench.interfaces import Geometry, SampleKey
 from sslbench.pose import PoseTask
 from sslbench.registry import Registry, default_registry
-from sslbench.train import (
-    cpu_has_native_bf16,
-    resolve_device,
-    use_bf16,
-)
+from sslbench.training.device import cpu_has_native_bf16, resolve_device, use_bf16
 
 # ----------------------------------------------------------------------------- run
 

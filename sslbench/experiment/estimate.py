@@ -36,7 +36,7 @@ def measure_throughput(config: RunConfig, registry: Registry, budget_s: float = 
     """Training images per second of the config's backbone, timed on random tensors.
 
     The step and its timing are those of ``sslbench bench`` (:func:`sslbench.bench.time_training`):
-    real optimiser steps of :func:`sslbench.train.train_step` (the step ``fit`` takes: forward, pose
+    real optimiser steps of :func:`sslbench.training.steps.train_step` (the step ``fit`` takes: forward, pose
     loss on every stage, backward, the downstream optimiser) on the device, in the precision and
     memory format the downstream training would use, after an untimed warm-up; the median step
     (robust to other processes' bursts) gives the speed. About *budget_s* seconds (3 to 20 steps);
@@ -47,7 +47,7 @@ def measure_throughput(config: RunConfig, registry: Registry, budget_s: float = 
 
     from sslbench.bench import PROFILE, time_training
     from sslbench.pose import PoseTask
-    from sslbench.train import resolve_device
+    from sslbench.training.device import resolve_device
 
     device = resolve_device(config.downstream.device)
     net = registry.create(

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+)
 
 from sslbench.config import RunConfig
 from sslbench.errors import ConfigError
@@ -66,7 +72,7 @@ def failed_record(cell: Cell, error: str, seconds: float, log: Path | None = Non
     if "torch" in sys.modules:  # the full description needs torch: only when it is loaded anyway
         try:
             from sslbench import environment
-            from sslbench.train import resolve_device
+            from sslbench.training.device import resolve_device
 
             env = environment.describe(resolve_device(config.downstream.device), config.downstream.precision)
         except Exception:  # describing the machine must not hide the real error

@@ -159,7 +159,7 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
             except SSLBenchError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
 
-    from sslbench.train import resolve_precision  # late: torch
+    from sslbench.training.device import resolve_precision  # late: torch
 
     pruned: dict[str, str] = {}
     cells: dict[str, Cell] = {}
