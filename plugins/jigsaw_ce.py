@@ -81,7 +81,7 @@ import torch.nn.functional as F
 
 from sslbench.errors import ConfigError
 from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey
+from sslbench.interfaces import Geometry, Metric, SampleKey
 from sslbench.jigsaw import (
     GRID,
     NUM_TILES,
@@ -93,23 +93,14 @@ from sslbench.jigsaw import (
     scaled_gap,
 )
 from sslbench.pipeline import to_tensor
-from sslbench.pretexts import (
-    PretextMetric,
-    base_sample,
-    check_geometry,
-    option_bool,
-    option_choice,
-    option_int,
-    pretext_factory,
-    square_view,
-)
+from sslbench.pretexts import KitPretext, PretextMetric, base_sample, check_geometry, pretext_entry
 from sslbench.registry import Entry
 
 HEADS = ("cells", "report", "permutation")
 
 
 
-class JigsawCE(Pretext):
+class JigsawCE(KitPretext):
     """Jigsaw puzzles classified with cross-entropy: heads ``cells``, ``report`` or ``permutation``."""
 
     name = "jigsaw-ce"
@@ -124,7 +115,7 @@ class JigsawCE(Pretext):
         gap: int = REPORT_GAP,
         augment: bool = True,
     ) -> None:
-        self.head = option_choice(self.name, "head", head, HEADS)
+        self.head = self.option_choice("head", head, HEADS)
         if permutations is None:
             permutations = "set:100" if self.head == "permutation" else "fixed:10"
         self.permutations = PermutationMode.parse(permutations)
@@ -139,9 +130,9 @@ class JigsawCE(Pretext):
             self.table = torch.from_numpy(self.permutations.permutation_set().copy())
         if tile_crop is None:
             tile_crop = self.head == "permutation"
-        self.tile_crop = option_bool(self.name, "tile_crop", tile_crop)
-        self.gap = option_int(self.name, "gap", gap, 0, 100)
-        self.augment = option_bool(self.name, "augment", augment)
+        self.tile_crop = self.option_bool("tile_crop", tile_crop)
+        self.gap = self.option_int("gap", gap, 0, 100)
+        self.augment = self.option_bool("augment", augment)
 
     @property
     def num_outputs(self) -> int:
@@ -152,14 +143,7 @@ class JigsawCE(Pretext):
         return self.permutations.count
 
     def config(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "head": self.head,
-            "permutations": self.permutations.text,
-            "tile_crop": self.tile_crop,
-            "gap": self.gap,
-            "augment": self.augment,
-        }
+        return {**super().config(), "permutations": self.permutations.text}
 
     # -- samples ------------------------------------------------------------------------
     def make_sample(
@@ -170,7 +154,7 @@ class JigsawCE(Pretext):
         layout = TileLayout(geometry.input_size, scaled_gap(geometry.input_size, self.gap))
         rng = key.rng()
         perm, index = self.permutations.draw(key, rng)
-        view = square_view(image, layout.source_size(self.tile_crop), rng if train and self.augment else None)
+        view = self.view(image, layout.source_size(self.tile_crop), rng, train)
         puzzle = make_puzzle(to_tensor(view), perm, layout, rng if self.tile_crop else None)
         return {
             **base_sample(puzzle, geometry),
@@ -225,12 +209,11 @@ class CEJigsawMetric(PretextMetric):
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
     return [
-        Entry(
-            "jigsaw-ce",
+        pretext_entry(
+            JigsawCE,
             "3x3 jigsaw classified with cross-entropy (report sec. 3.3.2); heads cells, report "
             "(the report's 1-map 9x9 form) or permutation (Noroozi & Favaro); "
             "options: head, permutations, tile_crop, gap, augment",
-            pretext_factory(JigsawCE),
         )
     ]
 
