@@ -88,8 +88,8 @@ from sslbench.jigsaw import (
     REPORT_GAP,
     PermutationMode,
     TileLayout,
+    add_puzzle_accuracy,
     make_puzzle,
-    puzzle_hits,
     scaled_gap,
 )
 from sslbench.pipeline import to_tensor
@@ -201,9 +201,7 @@ class CEJigsawMetric(PretextMetric):
     """Tile and puzzle accuracy (percent) of the last stage, and the loss."""
 
     def score(self, last: torch.Tensor, batch: dict[str, Any], n: int) -> None:
-        tiles, puzzles = puzzle_hits(self.task.predicted_origins(last), batch["perm"])
-        self.averages.add("tile_acc", 100.0 * tiles, n * NUM_TILES)
-        self.averages.add("puzzle_acc", 100.0 * puzzles, n)
+        add_puzzle_accuracy(self.averages, self.task.predicted_origins(last), batch["perm"], n)
 
 
 @hookimpl
@@ -253,6 +251,14 @@ def compare_heads(
     geometry = Geometry(input_size, 8)
     runs = [("cells", "adam", 1e-3), ("report", "adam", 1e-3), ("report", "sgd", 4e-6)]
     results = []
+
+    def make_batch(task: JigsawCE, first: int, epoch: int, train: bool) -> dict[str, torch.Tensor]:
+        samples = [
+            task.make_sample(colour_coded_image(i), None, SampleKey(seed, i, epoch), train, geometry)
+            for i in range(first, first + batch)
+        ]
+        return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
     for head, optimiser, lr in runs:
         torch.manual_seed(seed)
         task = JigsawCE(head=head, augment=False)
@@ -266,18 +272,11 @@ def compare_heads(
             else torch.optim.SGD(params, lr, momentum=0.9, weight_decay=5e-4)
         )
 
-        def make_batch(first: int, epoch: int, train: bool) -> dict[str, torch.Tensor]:
-            samples = [
-                task.make_sample(colour_coded_image(i), None, SampleKey(seed, i, epoch), train, geometry)
-                for i in range(first, first + batch)
-            ]
-            return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
-
         start = time.process_time()
         losses = []
         model.train()
         for step in range(steps):
-            data = make_batch(step * batch, 0, True)  # every training puzzle is a new image
+            data = make_batch(task, step * batch, 0, True)  # every training puzzle is a new image
             loss = task.loss(model(data["image"], data["centermap"]), data)
             optim.zero_grad()
             loss.backward()
@@ -287,7 +286,7 @@ def compare_heads(
         metric = task.new_metric()
         with torch.no_grad():
             for first in range(10**6, 10**6 + 128, batch):
-                data = make_batch(first, 0, False)
+                data = make_batch(task, first, 0, False)
                 metric.update(model(data["image"], data["centermap"]), data)
         window = max(1, steps // 4)
         results.append(

@@ -40,10 +40,10 @@ from sslbench.jigsaw import (
     REPORT_SIGMA,
     PermutationMode,
     TileLayout,
+    add_puzzle_accuracy,
     cell_centres,
     decode_cells,
     make_puzzle,
-    puzzle_hits,
     puzzle_targets,
     scaled_gap,
 )
@@ -129,10 +129,7 @@ class HeatmapJigsawMetric(PretextMetric):
     """Tile and whole-puzzle accuracy of the last stage's peaks (percent), and the loss."""
 
     def score(self, last: torch.Tensor, batch: dict[str, Any], n: int) -> None:
-        predicted = decode_cells(last, batch["cell_centres"][0])
-        tiles, puzzles = puzzle_hits(predicted, batch["perm"])
-        self.averages.add("tile_acc", 100.0 * tiles, n * NUM_TILES)
-        self.averages.add("puzzle_acc", 100.0 * puzzles, n)
+        add_puzzle_accuracy(self.averages, decode_cells(last, batch["cell_centres"][0]), batch["perm"], n)
 
 
 @hookimpl
