@@ -21,7 +21,7 @@ from torch import nn
 from sslbench.embedding import MomentumEmbedding
 from sslbench.hookspecs import hookimpl
 from sslbench.interfaces import Backbone
-from sslbench.pretexts import pretext_factory
+from sslbench.pretexts import pretext_entry
 from sslbench.registry import Entry
 
 
@@ -57,6 +57,6 @@ class BYOL(MomentumEmbedding):
 
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
-    return [Entry("byol", "BYOL: predict a momentum target's projection of the other view, no negatives "
-                  "(Grill et al. 2020), lightly's heads, loss and momentum update; options: momentum, layers, "
-                  "min_scale, cj_strength, hidden_dim, output_dim", pretext_factory(BYOL))]  # fmt: skip
+    return [pretext_entry(BYOL, "BYOL: predict a momentum target's projection of the other view, no negatives (Grill "
+                                "et al. 2020), lightly's heads, loss and momentum update; options: momentum, layers, "
+                                "min_scale, cj_strength, hidden_dim, output_dim")]  # fmt: skip

@@ -229,10 +229,8 @@ class COCOKeypoints(InstanceDataset):
 @hookimpl
 def sslbench_datasets() -> list[Entry]:
     return [
-        Entry(
-            "coco",
+        COCOKeypoints.entry(
             "COCO-format keypoints (images/ + annotations.json, or train.json + val.json (+ test.json)): people cropped by box, "
-            "PCK by box size, OKS AP/AR",
-            COCOKeypoints.create,
+            "PCK by box size, OKS AP/AR"
         )
     ]

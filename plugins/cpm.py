@@ -36,7 +36,8 @@ are near zero. Biases start at zero.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -231,14 +232,7 @@ class CPM(Backbone):
         return paths
 
     def config(self) -> dict[str, Any]:
-        return {
-            "name": self.entry_name,
-            "stages": self.stages,
-            "width": self.width,
-            "input_size": self.input_size,
-            "centermap_sigma": self.centermap_sigma,
-            "norm": self.norm,
-        }
+        return {"name": self.entry_name, **{option: getattr(self, option) for option in OPTIONS}}
 
 
 def _check_int(option: str, value: Any, minimum: int) -> None:

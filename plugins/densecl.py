@@ -28,7 +28,7 @@ from torch import nn
 
 from sslbench.hookspecs import hookimpl
 from sslbench.interfaces import Backbone
-from sslbench.pretexts import option_float, option_int, pretext_factory
+from sslbench.pretexts import option_float, option_int, pretext_entry
 from sslbench.registry import Entry
 from sslbench_plugins.moco import MoCo
 
@@ -117,7 +117,7 @@ class DenseCL(MoCo):
 
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
-    return [Entry("densecl", "DenseCL-style: MoCo v2 plus a dense NT-Xent between locations of the two views "
-                  "matched by their exact affine map (after Wang et al. 2021), lightly's heads and losses; "
-                  "options: dense_weight, dense_points, momentum, temperature, queue, layers, min_scale, "
-                  "cj_strength, hidden_dim, output_dim", pretext_factory(DenseCL))]  # fmt: skip
+    return [pretext_entry(DenseCL, "DenseCL-style: MoCo v2 plus a dense NT-Xent between locations of the two views "
+                                   "matched by their exact affine map (after Wang et al. 2021), lightly's heads and "
+                                   "losses; options: dense_weight, dense_points, momentum, temperature, queue, layers, "
+                                   "min_scale, cj_strength, hidden_dim, output_dim")]  # fmt: skip

@@ -22,7 +22,7 @@ from torch import nn
 from sslbench.embedding import MomentumEmbedding
 from sslbench.hookspecs import hookimpl
 from sslbench.interfaces import Backbone
-from sslbench.pretexts import option_float, option_int, pretext_factory
+from sslbench.pretexts import option_float, option_int, pretext_entry
 from sslbench.registry import Entry
 
 
@@ -61,6 +61,6 @@ class MoCo(MomentumEmbedding):
 
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
-    return [Entry("moco", "MoCo v2: momentum encoder and a queue of negatives (He et al. 2020), lightly's head, "
-                  "loss, memory bank and momentum update; options: momentum, temperature, queue, layers, "
-                  "min_scale, cj_strength, hidden_dim, output_dim", pretext_factory(MoCo))]  # fmt: skip
+    return [pretext_entry(MoCo, "MoCo v2: momentum encoder and a queue of negatives (He et al. 2020), lightly's head, "
+                                "loss, memory bank and momentum update; options: momentum, temperature, queue, layers, "
+                                "min_scale, cj_strength, hidden_dim, output_dim")]  # fmt: skip

@@ -202,9 +202,7 @@ def read_image_list(path: Path) -> set[str]:
 @hookimpl
 def sslbench_datasets() -> list[Entry]:
     return [
-        Entry(
-            "mpii",
-            f"MPII Human Pose ({ANNOTATION_FILE} + images/): single-person annotated people, 16 joints, PCKh@0.5",
-            MPIIHumanPose.create,
+        MPIIHumanPose.entry(
+            f"MPII Human Pose ({ANNOTATION_FILE} + images/): single-person annotated people, 16 joints, PCKh@0.5"
         )
     ]

@@ -19,7 +19,7 @@ from torch import nn
 from sslbench.embedding import JointEmbedding
 from sslbench.hookspecs import hookimpl
 from sslbench.interfaces import Backbone
-from sslbench.pretexts import option_float, pretext_factory
+from sslbench.pretexts import option_float, pretext_entry
 from sslbench.registry import Entry
 
 
@@ -44,6 +44,6 @@ class SimCLR(JointEmbedding):
 
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
-    return [Entry("simclr", "SimCLR: NT-Xent between two augmented views (Chen et al. 2020), lightly's head "
-                  "and loss; options: temperature, layers, min_scale, cj_strength, hidden_dim, output_dim",
-                  pretext_factory(SimCLR))]  # fmt: skip
+    return [pretext_entry(SimCLR, "SimCLR: NT-Xent between two augmented views (Chen et al. 2020), lightly's head and "
+                                  "loss; options: temperature, layers, min_scale, cj_strength, hidden_dim, "
+                                  "output_dim")]  # fmt: skip

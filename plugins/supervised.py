@@ -16,7 +16,7 @@ import torch
 from sslbench.errors import ConfigError
 from sslbench.hookspecs import hookimpl
 from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey, Strategy
-from sslbench.pretexts import pretext_factory
+from sslbench.pretexts import pretext_entry
 from sslbench.registry import Entry, Registry
 from sslbench.strategies import check_transfer_pair, pretrains
 
@@ -75,10 +75,4 @@ def sslbench_strategies() -> list[Entry]:
 
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
-    return [
-        Entry(
-            "none",
-            "no pretraining: the supervised baseline, trained from random initialisation",
-            pretext_factory(NoPretext),
-        )
-    ]
+    return [pretext_entry(NoPretext, "no pretraining: the supervised baseline, trained from random initialisation")]

@@ -19,7 +19,7 @@ from torch import nn
 from sslbench.embedding import JointEmbedding
 from sslbench.hookspecs import hookimpl
 from sslbench.interfaces import Backbone
-from sslbench.pretexts import pretext_factory
+from sslbench.pretexts import pretext_entry
 from sslbench.registry import Entry
 
 
@@ -40,6 +40,6 @@ class VICReg(JointEmbedding):
 
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
-    return [Entry("vicreg", "VICReg: invariance, variance and covariance terms on two views (Bardes et al. 2022), "
-                  "lightly's expander and loss; options: layers, min_scale, cj_strength, hidden_dim, output_dim",
-                  pretext_factory(VICReg))]  # fmt: skip
+    return [pretext_entry(VICReg, "VICReg: invariance, variance and covariance terms on two views (Bardes et al. "
+                                  "2022), lightly's expander and loss; options: layers, min_scale, cj_strength, "
+                                  "hidden_dim, output_dim")]  # fmt: skip

@@ -32,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sslbench import splits as splitting
 from sslbench.errors import ConfigError, DataError
 from sslbench.interfaces import ImageDataset, Splits
+from sslbench.registry import Entry
 
 #: default budget of decoded images kept per dataset and process (override: SSLBENCH_IMAGE_CACHE_MB)
 DEFAULT_CACHE_BYTES = 2 << 30
@@ -174,7 +175,7 @@ def load_mat_array(path: Path, key: str = "joints") -> np.ndarray:
         raise DataError(f"{path}: annotation file not found")
     try:
         content = scipy.io.loadmat(str(path), variable_names=[key])
-    except Exception as exc:  # scipy raises ValueError, TypeError, zlib.error, MatReadError ...
+    except Exception as exc:  # noqa: BLE001  # scipy raises ValueError, TypeError, zlib.error, MatReadError ...
         raise DataError(f"{path}: cannot read annotations: {type(exc).__name__}: {exc}") from None
     if key not in content:
         raise DataError(f"{path}: no variable {key!r} in the file")
@@ -230,6 +231,15 @@ def match_images(images_dir: Path, names: list[str], annotations: Path) -> list[
     return [images_dir / name for name in names]
 
 
+def annotated_images(images_dir: Path, joints: np.ndarray, annotations: Path, digits: int) -> list[Path]:
+    """The files ``im0001.jpg`` .. (zero-padded to *digits*) in *images_dir* that the (N, K, 3) *joints*
+    read from *annotations* label, in their order: :func:`match_images`, then :func:`check_joint_values`."""
+    names = expected_names(joints.shape[0], digits)
+    paths = match_images(images_dir, names, annotations)
+    check_joint_values(joints, annotations, names)
+    return paths
+
+
 def shape_text(shape: tuple[int, ...]) -> str:
     """``(3, 14, 2000)`` -> ``"3x14x2000"``."""
     return "x".join(str(s) for s in shape)
@@ -243,23 +253,31 @@ def unlabelled_val_count(size: int, cap: int = 500, fraction: float = 0.05) -> i
 class ImageFileDataset(ImageDataset):
     """Images stored as files (one per sample), decoded on first use and cached.
 
-    Subclasses set :attr:`paths` (and their labels) in ``__init__`` and then call
+    ``__init__`` checks *root* (:func:`require_root`) and keeps it as :attr:`root`, a Path.
+    Subclasses then set :attr:`paths` (and their labels) in their ``__init__`` and call
     :meth:`_drop_unreadable` when ``skip_bad`` is asked for.
     """
 
-    def __init__(self, root: Path | None, cache_bytes: int | None = None) -> None:
-        super().__init__(root)
+    root: Path
+
+    def __init__(self, root: Path | str | None, cache_bytes: int | None = None) -> None:
+        super().__init__(require_root(root, self.name))
         self.paths: list[Path] = []
         #: file names dropped by ``skip_bad`` (unreadable images)
         self.skipped: list[str] = []
         self.cache = ImageCache(cache_bytes)
 
     @classmethod
-    def create(cls, root: Path | str | None = None, skip_bad: bool = False, **options: Any) -> "ImageFileDataset":
+    def create(cls, root: Path | str | None = None, skip_bad: bool = False, **options: Any) -> ImageFileDataset:
         """Registry factory: *root* is the dataset folder; the only option is ``cache_bytes``."""
         cache_bytes = options.pop("cache_bytes", None)
         reject_options(cls.name, options)
         return cls(root, skip_bad=skip_bad, cache_bytes=cache_bytes)
+
+    @classmethod
+    def entry(cls, description: str) -> Entry:
+        """The registry entry of this dataset: named ``cls.name``, built by :meth:`create`."""
+        return Entry(cls.name, description, cls.create)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -339,12 +339,7 @@ class Task(ABC):
 
     @abstractmethod
     def make_sample(
-        self,
-        image: np.ndarray,
-        joints: np.ndarray | None,
-        key: SampleKey,
-        train: bool,
-        geometry: Geometry,
+        self, image: np.ndarray, joints: np.ndarray | None, key: SampleKey, train: bool, geometry: Geometry
     ) -> dict[str, Any]: ...
 
     def forward(self, net: nn.Module, batch: dict[str, Any]) -> list[torch.Tensor]:

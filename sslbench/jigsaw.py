@@ -39,6 +39,7 @@ import torch
 from sslbench.errors import ConfigError
 from sslbench.interfaces import SampleKey
 from sslbench.pipeline import gaussian_maps, input_to_map
+from sslbench.pretexts import Averages
 
 GRID = 3
 NUM_TILES = GRID * GRID
@@ -150,7 +151,7 @@ class PermutationMode:
     count: int = 0
 
     @classmethod
-    def parse(cls, text: object, option: str = "permutations") -> "PermutationMode":
+    def parse(cls, text: object, option: str = "permutations") -> PermutationMode:
         """``"fixed:10"`` -> PermutationMode("fixed", 10); bad text -> ConfigError naming *option*."""
         if isinstance(text, str):
             if text == "fresh":
@@ -341,3 +342,10 @@ def puzzle_hits(predicted: torch.Tensor, perm: torch.Tensor) -> tuple[int, int]:
     """(tiles placed right, puzzles entirely right) for (B, 9) predicted and true origins."""
     right = predicted.to(perm.device) == perm
     return int(right.sum()), int(right.all(dim=1).sum())
+
+
+def add_puzzle_accuracy(averages: Averages, predicted: torch.Tensor, perm: torch.Tensor, n: int) -> None:
+    """Add ``tile_acc`` and ``puzzle_acc`` (percent) of *n* puzzles' (B, 9) *predicted* origins to *averages*."""
+    tiles, puzzles = puzzle_hits(predicted, perm)
+    averages.add("tile_acc", 100.0 * tiles, n * NUM_TILES)
+    averages.add("puzzle_acc", 100.0 * puzzles, n)

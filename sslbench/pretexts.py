@@ -1,4 +1,5 @@
-"""Pieces every pretext plugin shares: option checks, the unlabelled view, the base sample, averages.
+"""Pieces every pretext plugin shares: option checks, the unlabelled view, the base sample, averages,
+and :class:`KitPretext`, the base class that puts them together.
 
 Every pretext starts from the same view of an unlabelled image: its centred square
 (:func:`sslbench.pipeline.centre_square`) resampled to the size the task needs. When
@@ -24,16 +25,15 @@ import torch
 from sslbench.errors import ConfigError, DataError
 from sslbench.interfaces import Geometry, Metric, Pretext
 from sslbench.pipeline import centre_map_tensor, centre_square, crop_matrix, warp
+from sslbench.registry import Entry
 
 # ---------------------------------------------------------------------------- options
 
 
-def pretext_factory(cls: type[Pretext]) -> Callable[..., Pretext]:
-    """A registry factory for *cls* that turns unknown option names into a ConfigError.
-
-    The options are the named parameters of ``cls.__init__`` and, while an ``__init__``
-    passes ``**options`` on, those of its base classes.
-    """
+@functools.cache
+def option_names(cls: type[Pretext]) -> tuple[str, ...]:
+    """The options of pretext class *cls*: the named parameters of ``cls.__init__`` and, while an
+    ``__init__`` passes ``**options`` on, those of its base classes (in that order)."""
     known: list[str] = []
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
@@ -42,7 +42,12 @@ def pretext_factory(cls: type[Pretext]) -> Callable[..., Pretext]:
         known += [p.name for p in parameters if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
         if not any(p.kind is p.VAR_KEYWORD for p in parameters):
             break
-    known = list(dict.fromkeys(known))
+    return tuple(dict.fromkeys(known))
+
+
+def pretext_factory(cls: type[Pretext]) -> Callable[..., Pretext]:
+    """A registry factory for *cls* that turns unknown option names (:func:`option_names`) into a ConfigError."""
+    known = option_names(cls)
 
     @functools.wraps(cls)
     def factory(**options: Any) -> Pretext:
@@ -53,6 +58,11 @@ def pretext_factory(cls: type[Pretext]) -> Callable[..., Pretext]:
         return cls(**options)
 
     return factory
+
+
+def pretext_entry(cls: type[Pretext], description: str) -> Entry:
+    """The registry entry of pretext class *cls*: named ``cls.name``, built by :func:`pretext_factory`."""
+    return Entry(cls.name, description, pretext_factory(cls))
 
 
 # Option checks of every plugin with options (pretexts here, strategies through
@@ -159,6 +169,38 @@ def check_geometry(pretext: str, geometry: Geometry, minimum_map: int = 1) -> No
             f"pretext {pretext} needs output maps of at least {minimum_map}x{minimum_map}; "
             f"input {geometry.input_size} px at stride {geometry.stride} gives {geometry.map_size}"
         )
+
+
+# ------------------------------------------------------------------------ base class
+
+
+class KitPretext(Pretext):
+    """A pretext built from this kit: its options are the parameters of ``__init__``, each checked
+    with an ``option_*`` method and kept as the attribute of the same name, and :meth:`config` is
+    ``{"name": name, option: attribute, ...}`` in the order of :func:`option_names`. Its samples
+    start from :meth:`view`, augmented only when training with the ``augment`` option on."""
+
+    #: whether training views are augmented (an ``augment`` option sets it)
+    augment: bool = False
+
+    def option_bool(self, option: str, value: Any) -> bool:
+        return option_bool(self.name, option, value)
+
+    def option_float(self, option: str, value: Any, low: float, high: float, *, open_low: bool = False) -> float:
+        return option_float(self.name, option, value, low, high, open_low=open_low)
+
+    def option_int(self, option: str, value: Any, low: int, high: int) -> int:
+        return option_int(self.name, option, value, low, high)
+
+    def option_choice(self, option: str, value: Any, choices: Iterable[str]) -> str:
+        return option_choice(self.name, option, value, choices)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, **{option: getattr(self, option) for option in option_names(type(self))}}
+
+    def view(self, image: np.ndarray, size: int, rng: np.random.Generator, train: bool) -> np.ndarray:
+        """:func:`square_view` of *image* at *size* px, augmented from *rng* when *train* and ``augment``."""
+        return square_view(image, size, rng if train and self.augment else None)
 
 
 # ---------------------------------------------------------------------------- metrics
