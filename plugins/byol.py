@@ -5,7 +5,7 @@ projection of the other view; the target is a momentum copy of the online backbo
 projection. Symmetrised negative cosine similarity. From lightly: ``BYOLProjectionHead``,
 ``BYOLPredictionHead``, ``NegativeCosineSimilarity``, ``update_momentum`` and
 ``cosine_schedule`` (momentum from ``momentum`` to 1, as BYOL). Options: those of
-:class:`~sslbench.embedding.JointEmbedding` and ``momentum`` (0.99). Metric: ``retrieval``
+:class:`~sslbench.tasks.embedding.JointEmbedding` and ``momentum`` (0.99). Metric: ``retrieval``
 (the online prediction of view 0 against the target projections of view 1) and ``loss``.
 """
 
@@ -18,11 +18,11 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from torch import nn
 
-from sslbench.embedding import MomentumEmbedding
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Backbone
-from sslbench.pretexts import pretext_entry
-from sslbench.registry import Entry
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.networks import Backbone
+from sslbench.contract.registry import Entry
+from sslbench.tasks.embedding import MomentumEmbedding
+from sslbench.tasks.pretexts import pretext_entry
 
 
 class BYOL(MomentumEmbedding):

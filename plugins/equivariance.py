@@ -3,7 +3,7 @@
 Each sample is the centre square of an unlabelled image (lightly augmented when training) and a randomly
 warped copy of it: a rotation by up to ``rotation`` degrees, a scaling by a factor in ``[1 - scale, 1 +
 scale]`` and a shift by up to ``shift`` of the input, all about the centre, built and applied with the
-sample pipeline's own affine maps (:func:`sslbench.pipeline.crop_matrix`, :func:`~sslbench.pipeline.warp`;
+sample pipeline's own affine maps (:func:`sslbench.data.pipeline.crop_matrix`, :func:`~sslbench.data.pipeline.warp`;
 the sample keeps the exact 3 x 3 matrix from the first view's input pixels to the second's). The network
 outputs ``landmarks`` maps on both views (one forward pass on the two stacked); each map, a softmax over its
 positions, gives a landmark: its expected position (soft-argmax, in input pixels at the pipeline's map
@@ -32,12 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Geometry, Metric, SampleKey
-from sslbench.joints import NUM_JOINTS
-from sslbench.pipeline import crop_matrix, to_tensor, warp
-from sslbench.pretexts import KitPretext, PretextMetric, base_sample, check_geometry, pretext_entry
-from sslbench.registry import Entry
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Geometry, Metric, SampleKey
+from sslbench.contract.registry import Entry
+from sslbench.data.joints import NUM_JOINTS
+from sslbench.data.pipeline import crop_matrix, to_tensor, warp
+from sslbench.tasks.pretexts import KitPretext, PretextMetric, base_sample, check_geometry, pretext_entry
 
 
 def soft_landmarks(maps: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:

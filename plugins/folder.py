@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sslbench.errors import DataError
-from sslbench.hookspecs import hookimpl
-from sslbench.imageio import ImageFileDataset
-from sslbench.interfaces import Splits
-from sslbench.registry import Entry
+from sslbench.contract.errors import DataError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Splits
+from sslbench.contract.registry import Entry
+from sslbench.data.imageio import ImageFileDataset
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sslbench.errors import ConfigError
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Geometry, Metric, SampleKey
-from sslbench.pipeline import STD, to_tensor
-from sslbench.pretexts import KitPretext, PretextMetric, base_sample, batch_size, check_geometry, pretext_entry
-from sslbench.registry import Entry
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Geometry, Metric, SampleKey
+from sslbench.contract.registry import Entry
+from sslbench.data.pipeline import STD, to_tensor
+from sslbench.tasks.pretexts import KitPretext, PretextMetric, base_sample, batch_size, check_geometry, pretext_entry
 
 #: per-channel standard deviation (0-255 scale), to turn normalised errors into pixel errors
 _STD = torch.from_numpy(STD.copy()).view(1, 3, 1, 1)

@@ -1,6 +1,6 @@
 """``jigsaw-ce``: the jigsaw puzzle as classification with cross-entropy (the report's sec. 3.3.2).
 
-Puzzles are made exactly as for ``jigsaw-heatmap`` (:mod:`sslbench.jigsaw`); only the
+Puzzles are made exactly as for ``jigsaw-heatmap`` (:mod:`sslbench.tasks.jigsaw`); only the
 way the network answers differs. Three heads, chosen with the ``head`` option:
 
 ``cells`` (default)
@@ -16,7 +16,7 @@ way the network answers differs. Three heads, chosen with the ``head`` option:
     Noroozi & Favaro's form: classify which of a fixed set of N permutations was applied.
     N output maps, global average pooled to N logits, cross-entropy. The set is chosen
     greedily by maximal average Hamming distance from a fixed seed
-    (:func:`sslbench.jigsaw.hamming_set`); ``permutations`` must be ``set:N`` (default
+    (:func:`sslbench.tasks.jigsaw.hamming_set`); ``permutations`` must be ``set:N`` (default
     ``set:100``), and tiles are random windows inside their cells unless
     ``tile_crop=false``.
 
@@ -79,10 +79,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sslbench.errors import ConfigError
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Geometry, Metric, SampleKey
-from sslbench.jigsaw import (
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Geometry, Metric, SampleKey
+from sslbench.contract.registry import Entry
+from sslbench.data.pipeline import to_tensor
+from sslbench.tasks.jigsaw import (
     GRID,
     NUM_TILES,
     REPORT_GAP,
@@ -92,9 +94,7 @@ from sslbench.jigsaw import (
     make_puzzle,
     scaled_gap,
 )
-from sslbench.pipeline import to_tensor
-from sslbench.pretexts import KitPretext, PretextMetric, base_sample, check_geometry, pretext_entry
-from sslbench.registry import Entry
+from sslbench.tasks.pretexts import KitPretext, PretextMetric, base_sample, check_geometry, pretext_entry
 
 HEADS = ("cells", "report", "permutation")
 
@@ -245,7 +245,7 @@ def compare_heads(
     """
     import time
 
-    from sslbench.registry import default_registry
+    from sslbench.contract.registry import default_registry
 
     registry = default_registry()
     geometry = Geometry(input_size, 8)

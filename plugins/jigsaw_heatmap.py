@@ -1,7 +1,7 @@
 """``jigsaw-heatmap``: solve a 3x3 jigsaw puzzle with belief maps (the report's sec. 3.3.3).
 
 The input is the centre square of an unlabelled image cut into 3x3 tiles with a gap
-between tiles and shuffled by a derangement (see :mod:`sslbench.jigsaw`). The network
+between tiles and shuffled by a derangement (see :mod:`sslbench.tasks.jigsaw`). The network
 predicts 9 maps, one per shuffled position: map ``i`` should peak at the centre of the
 cell that the tile now at position ``i`` came from. On the report's 46 x 46 maps the
 cell centres are 8, 24, 39 and the Gaussians have sigma 5; both scale with the map
@@ -30,9 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Geometry, Metric, SampleKey
-from sslbench.jigsaw import (
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Geometry, Metric, SampleKey
+from sslbench.contract.registry import Entry
+from sslbench.data.pipeline import to_tensor
+from sslbench.tasks.jigsaw import (
     GRID,
     NUM_TILES,
     REPORT_GAP,
@@ -47,9 +49,7 @@ from sslbench.jigsaw import (
     puzzle_targets,
     scaled_gap,
 )
-from sslbench.pipeline import to_tensor
-from sslbench.pretexts import KitPretext, PretextMetric, base_sample, check_geometry, pretext_entry
-from sslbench.registry import Entry
+from sslbench.tasks.pretexts import KitPretext, PretextMetric, base_sample, check_geometry, pretext_entry
 
 
 class JigsawHeatmap(KitPretext):

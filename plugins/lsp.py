@@ -13,7 +13,7 @@ every consumer uses them the same way, so PCK is unaffected.
 Protocols:
 
 - ``standard``: im0001-1000 are the training pool, im1001-2000 the test set; 100 images
-  of the pool are held out for validation (:func:`sslbench.splits.carve`), leaving 900
+  of the pool are held out for validation (:func:`sslbench.data.splits.carve`), leaving 900
   for training budgets. A smaller copy (test fixtures) scales: first half pool, second
   half test, ``max(1, half // 10)`` validation images.
 - ``report``: the 1600/200/200 random partition of the report this project grew out
@@ -30,13 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sslbench import splits as splitting
-from sslbench.errors import DataError
-from sslbench.hookspecs import hookimpl
-from sslbench.imageio import ImageFileDataset, annotated_images, load_mat_array, shape_text
-from sslbench.interfaces import Splits
-from sslbench.joints import NUM_JOINTS
-from sslbench.registry import Entry
+from sslbench.contract.errors import DataError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Splits
+from sslbench.contract.registry import Entry
+from sslbench.data import splits as splitting
+from sslbench.data.imageio import ImageFileDataset, annotated_images, load_mat_array, shape_text
+from sslbench.data.joints import NUM_JOINTS
 
 
 class LSP(ImageFileDataset):

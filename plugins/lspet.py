@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sslbench.errors import DataError
-from sslbench.hookspecs import hookimpl
-from sslbench.imageio import IMAGE_NAME, ImageFileDataset, annotated_images, load_mat_array, shape_text
-from sslbench.interfaces import Splits
-from sslbench.joints import NUM_JOINTS
-from sslbench.registry import Entry
+from sslbench.contract.errors import DataError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Splits
+from sslbench.contract.registry import Entry
+from sslbench.data.imageio import IMAGE_NAME, ImageFileDataset, annotated_images, load_mat_array, shape_text
+from sslbench.data.joints import NUM_JOINTS
 
 
 class LSPET(ImageFileDataset):

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Geometry, Metric, SampleKey
-from sslbench.pipeline import to_tensor
-from sslbench.pretexts import KitPretext, PretextMetric, base_sample, check_geometry, pretext_entry
-from sslbench.registry import Entry
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Geometry, Metric, SampleKey
+from sslbench.contract.registry import Entry
+from sslbench.data.pipeline import to_tensor
+from sslbench.tasks.pretexts import KitPretext, PretextMetric, base_sample, check_geometry, pretext_entry
 
 NUM_ROTATIONS = 4
 

@@ -36,12 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from sslbench.errors import ConfigError
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Backbone, Geometry, Metric, SampleKey
-from sslbench.pipeline import to_tensor
-from sslbench.pretexts import KitPretext, PretextMetric, base_sample, check_geometry, pretext_entry
-from sslbench.registry import Entry
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Geometry, Metric, SampleKey
+from sslbench.contract.networks import Backbone
+from sslbench.contract.registry import Entry
+from sslbench.data.pipeline import to_tensor
+from sslbench.tasks.pretexts import KitPretext, PretextMetric, base_sample, check_geometry, pretext_entry
 
 #: layer-group roles that form the sparse encoder
 ENCODER_ROLES = ("first", "middle")

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from sslbench.errors import ConfigError, DataError
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import ImageDataset, Splits
-from sslbench.registry import Entry
-from sslbench.splits import train_val_test
+from sslbench.contract.errors import ConfigError, DataError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import ImageDataset, Splits
+from sslbench.contract.registry import Entry
+from sslbench.data.splits import train_val_test
 from sslbench_plugins.synthetic_people.render import render_person
 
 #: bumped whenever the renderer's output changes: the dataset's ``version``, so cell ids and

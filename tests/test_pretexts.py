@@ -17,13 +17,13 @@ import sslbench_plugins.jigsaw_heatmap as jigsaw_heatmap_plugin
 import sslbench_plugins.rotation as rotation_plugin
 import sslbench_plugins.spark as spark_plugin
 import sslbench_plugins.supervised as supervised_plugin
-from sslbench import jigsaw
-from sslbench.cli import main
-from sslbench.errors import ConfigError, DataError
-from sslbench.interfaces import Geometry, SampleKey
-from sslbench.pipeline import to_tensor
-from sslbench.pretexts import KitPretext, option_names, square_view
-from sslbench.registry import Registry
+from sslbench.cli.main import main
+from sslbench.contract.errors import ConfigError, DataError
+from sslbench.contract.interfaces import Geometry, SampleKey
+from sslbench.contract.registry import Registry
+from sslbench.data.pipeline import to_tensor
+from sslbench.tasks import jigsaw
+from sslbench.tasks.pretexts import KitPretext, option_names, square_view
 from sslbench_plugins.inpaint import Inpaint
 from sslbench_plugins.jigsaw_ce import JigsawCE
 from sslbench_plugins.jigsaw_heatmap import JigsawHeatmap

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from sslbench.errors import ConfigError, DataError
-from sslbench.registry import Registry
+from sslbench.contract.errors import ConfigError, DataError
+from sslbench.contract.registry import Registry
 from sslbench_plugins import synthetic
 from sslbench_plugins.synthetic import RENDER_VERSION, SyntheticPeople, render_person
 from sslbench_plugins.synthetic_people import render

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sslbench.joints import NUM_JOINTS
+from sslbench.data.joints import NUM_JOINTS
 from sslbench_plugins.synthetic_people.appearance import Look
 from sslbench_plugins.synthetic_people.body import (
     ARM_JOINTS,

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from sslbench.joints import NUM_JOINTS
+from sslbench.data.joints import NUM_JOINTS
 from sslbench_plugins.synthetic_people.body import ARM_JOINTS, HEAD_TOP, LEG_JOINTS, NECK, Body, Pose
 
 #: x of the body frame points to the person's left, so their right side is at -x

@@ -8,7 +8,7 @@ import math
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from sslbench.joints import NUM_JOINTS
+from sslbench.data.joints import NUM_JOINTS
 from sslbench_plugins.synthetic_people.appearance import (
     MAX_SIDE,
     MIN_SIDE,
