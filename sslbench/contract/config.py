@@ -232,7 +232,7 @@ def _hashed_settings(settings: dict[str, Any]) -> dict[str, Any]:
 def _legacy_precision(settings: dict[str, Any]) -> dict[str, Any]:
     """*settings* (a phase, as a dict) with precision ``fp32`` spelled ``auto``, as cell ids hash it.
 
-    Before precision was resolved (:meth:`RunConfig.resolved`), every recorded cell said ``auto``
+    Before precision was resolved (:func:`sslbench.training.device.resolve_precision`), every recorded cell said ``auto``
     and ran on AVX2-only machines, where auto meant fp32: hashing fp32 as auto keeps their ids, and
     new fp32 cells pair with them, while bf16 cells get ids of their own.
     """

@@ -165,7 +165,7 @@ def records_dataframe(
 def _legacy_precision(df: pd.DataFrame) -> None:
     """Precision ``auto`` of records that do not say what ran (``env.precision``) means fp32.
 
-    Before runs resolved ``auto`` (:meth:`sslbench.contract.config.RunConfig.resolved`), every recorded
+    Before runs resolved ``auto`` (:func:`sslbench.training.device.resolve_precision`), every recorded
     cell ran on AVX2-only machines, where auto meant fp32. ``env.precision`` is filled in too.
     """
     recorded = df["env.precision"].notna() if "env.precision" in df.columns else pd.Series(False, index=df.index)
