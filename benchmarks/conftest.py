@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from sslbench import environment
+from sslbench.experiment import environment
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -24,7 +24,10 @@ import numpy as np
 import pytest
 import torch
 
-from sslbench.bench import (
+from sslbench.contract.interfaces import Geometry, SampleKey
+from sslbench.contract.registry import default_registry
+from sslbench.data.loaders import TaskDataset, make_loader
+from sslbench.experiment.bench import (
     BASELINE,
     JIGSAW_IMAGE_SIDE,
     PROFILE,
@@ -32,12 +35,9 @@ from sslbench.bench import (
     pose_batch,
     slice_batch,
 )
-from sslbench.data import TaskDataset, make_loader
-from sslbench.interfaces import Geometry, SampleKey
-from sslbench.phases import build_backbone, open_dataset
-from sslbench.pose import PoseTask
+from sslbench.experiment.phases import build_backbone, open_dataset
 from sslbench.profiles import profile_config
-from sslbench.registry import default_registry
+from sslbench.tasks.pose import PoseTask
 from sslbench.training.device import prepare_model, resolve_device, use_bf16
 from sslbench.training.optim import make_optimizer
 from sslbench.training.steps import eval_step, train_step

@@ -5,7 +5,7 @@ projection of the other view; the target is a momentum copy of the online backbo
 projection. Symmetrised negative cosine similarity. From lightly: ``BYOLProjectionHead``,
 ``BYOLPredictionHead``, ``NegativeCosineSimilarity``, ``update_momentum`` and
 ``cosine_schedule`` (momentum from ``momentum`` to 1, as BYOL). Options: those of
-:class:`~sslbench.embedding.JointEmbedding` and ``momentum`` (0.99). Metric: ``retrieval``
+:class:`~sslbench.tasks.embedding.JointEmbedding` and ``momentum`` (0.99). Metric: ``retrieval``
 (the online prediction of view 0 against the target projections of view 1) and ``loss``.
 """
 
@@ -18,11 +18,11 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from torch import nn
 
-from sslbench.embedding import MomentumEmbedding
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Backbone
-from sslbench.pretexts import pretext_factory
-from sslbench.registry import Entry
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.networks import Backbone
+from sslbench.contract.registry import Entry
+from sslbench.tasks.embedding import MomentumEmbedding
+from sslbench.tasks.pretexts import pretext_entry
 
 
 class BYOL(MomentumEmbedding):
@@ -57,6 +57,6 @@ class BYOL(MomentumEmbedding):
 
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
-    return [Entry("byol", "BYOL: predict a momentum target's projection of the other view, no negatives "
-                  "(Grill et al. 2020), lightly's heads, loss and momentum update; options: momentum, layers, "
-                  "min_scale, cj_strength, hidden_dim, output_dim", pretext_factory(BYOL))]  # fmt: skip
+    return [pretext_entry(BYOL, "BYOL: predict a momentum target's projection of the other view, no negatives (Grill "
+                                "et al. 2020), lightly's heads, loss and momentum update; options: momentum, layers, "
+                                "min_scale, cj_strength, hidden_dim, output_dim")]  # fmt: skip

@@ -18,7 +18,7 @@ val.json, both image folders' files in images/.) A file has ``images`` (``id``, 
 ``keypoints`` as x, y, v triples, ``area``, ``iscrowd``).
 
 Each person with a box and at least one labelled joint (``v > 0``; crowds left out) is a sample,
-cropped around its box (:mod:`sslbench.instances`); ``v = 0`` joints are unknown (NaN): out of the
+cropped around its box (:mod:`sslbench.data.instances`); ``v = 0`` joints are unknown (NaN): out of the
 loss and the metrics. ``v = 1`` (labelled, not visible) counts as occluded. The skeleton comes from
 the file: flip pairs join names that differ only in a ``left``/``right`` prefix, parts group joints by
 name without it (Nose, Eye, Ear, Shoulder, ... for COCO), PCK is normalised by the box's longer side
@@ -36,14 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from sslbench import splits as splitting
-from sslbench.errors import DataError
-from sslbench.hookspecs import hookimpl
-from sslbench.imageio import require_root
-from sslbench.instances import Instance, InstanceDataset, split_images
-from sslbench.interfaces import Splits
-from sslbench.registry import Entry
-from sslbench.skeleton import Skeleton
+from sslbench.contract.errors import DataError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Splits
+from sslbench.contract.registry import Entry
+from sslbench.contract.skeleton import Skeleton
+from sslbench.data import splits as splitting
+from sslbench.data.imageio import require_root
+from sslbench.data.instances import Instance, InstanceDataset, split_images
 
 #: COCO person keypoints and their OKS sigmas (pycocotools' defaults)
 COCO_KEYPOINTS = (
@@ -229,10 +229,8 @@ class COCOKeypoints(InstanceDataset):
 @hookimpl
 def sslbench_datasets() -> list[Entry]:
     return [
-        Entry(
-            "coco",
+        COCOKeypoints.entry(
             "COCO-format keypoints (images/ + annotations.json, or train.json + val.json (+ test.json)): people cropped by box, "
-            "PCK by box size, OKS AP/AR",
-            COCOKeypoints.create,
+            "PCK by box size, OKS AP/AR"
         )
     ]

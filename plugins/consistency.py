@@ -35,13 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslbench import distributed
-from sslbench.data import TaskDataset
-from sslbench.errors import ConfigError
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Backbone, Geometry, ImageDataset
-from sslbench.joints import FLIP_INDEX, NUM_JOINTS
-from sslbench.pipeline import (
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Geometry, ImageDataset
+from sslbench.contract.networks import Backbone
+from sslbench.contract.registry import Entry
+from sslbench.data.joints import FLIP_INDEX, NUM_JOINTS
+from sslbench.data.loaders import TaskDataset
+from sslbench.data.pipeline import (
     Augment,
     centre_map_tensor,
     crop_matrix,
@@ -49,10 +50,10 @@ from sslbench.pipeline import (
     to_tensor,
     warp,
 )
-from sslbench.pose import PoseTask
-from sslbench.registry import Entry
-from sslbench.semi import unlabelled_crop
-from sslbench.strategies import Cell, SemiSupervised
+from sslbench.experiment.strategies import Cell, SemiSupervised
+from sslbench.tasks.pose import PoseTask
+from sslbench.tasks.semi import unlabelled_crop
+from sslbench.training import distributed
 from sslbench.training.loop import FitResult
 
 #: mixed into the seed of each sample's unlabelled pair

@@ -36,16 +36,17 @@ are near zero. Biases start at zero.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from sslbench.errors import ConfigError
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Backbone, LayerGroup
-from sslbench.pipeline import centre_map_sigma
-from sslbench.registry import Entry
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.networks import Backbone, LayerGroup
+from sslbench.contract.registry import Entry
+from sslbench.data.pipeline import centre_map_sigma
 
 #: stride of every CPM output map relative to the input image
 STRIDE = 8
@@ -183,7 +184,7 @@ class CPM(Backbone):
         return ["stage1.out"] + [f"stage{t}.out" for t in range(2, self.stages + 1)]
 
     def default_centermap(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """(1, 1, H, W) Gaussian at the image centre (cached), as :func:`~sslbench.pipeline.centre_map_tensor`."""
+        """(1, 1, H, W) Gaussian at the image centre (cached), as :func:`~sslbench.data.pipeline.centre_map_tensor`."""
         key = (height, width, str(device), dtype)
         if key not in self._centermaps:
             sigma = centre_map_sigma(self.input_size) if self.centermap_sigma is None else self.centermap_sigma
@@ -231,14 +232,7 @@ class CPM(Backbone):
         return paths
 
     def config(self) -> dict[str, Any]:
-        return {
-            "name": self.entry_name,
-            "stages": self.stages,
-            "width": self.width,
-            "input_size": self.input_size,
-            "centermap_sigma": self.centermap_sigma,
-            "norm": self.norm,
-        }
+        return {"name": self.entry_name, **{option: getattr(self, option) for option in OPTIONS}}
 
 
 def _check_int(option: str, value: Any, minimum: int) -> None:

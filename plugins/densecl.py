@@ -4,7 +4,7 @@ MoCo v2 (``moco``: query encoder, momentum key encoder, a queue of global keys) 
 term: a second projection head applied at every location of the feature grid, and an NT-Xent
 loss between each location of view 0 and the location of view 1 that shows the same image
 point. DenseCL matches locations by feature similarity; here the views' exact affine map
-(``view_affine``, :class:`sslbench.embedding.TwoViews`) gives the match: the centre of each
+(``view_affine``, :class:`sslbench.tasks.embedding.TwoViews`) gives the match: the centre of each
 view-0 cell is mapped into view 1 and the key map is sampled there (bilinear); cells that fall
 outside view 1 are left out. Negatives of the dense term are the other matched locations of
 the batch (at most ``dense_points``, drawn at random), not a dense queue. Loss:
@@ -26,10 +26,10 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import DenseCLProjectionHead
 from torch import nn
 
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Backbone
-from sslbench.pretexts import option_float, option_int, pretext_factory
-from sslbench.registry import Entry
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.networks import Backbone
+from sslbench.contract.registry import Entry
+from sslbench.tasks.pretexts import option_float, option_int, pretext_entry
 from sslbench_plugins.moco import MoCo
 
 
@@ -117,7 +117,7 @@ class DenseCL(MoCo):
 
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
-    return [Entry("densecl", "DenseCL-style: MoCo v2 plus a dense NT-Xent between locations of the two views "
-                  "matched by their exact affine map (after Wang et al. 2021), lightly's heads and losses; "
-                  "options: dense_weight, dense_points, momentum, temperature, queue, layers, min_scale, "
-                  "cj_strength, hidden_dim, output_dim", pretext_factory(DenseCL))]  # fmt: skip
+    return [pretext_entry(DenseCL, "DenseCL-style: MoCo v2 plus a dense NT-Xent between locations of the two views "
+                                   "matched by their exact affine map (after Wang et al. 2021), lightly's heads and "
+                                   "losses; options: dense_weight, dense_points, momentum, temperature, queue, layers, "
+                                   "min_scale, cj_strength, hidden_dim, output_dim")]  # fmt: skip

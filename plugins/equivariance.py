@@ -3,7 +3,7 @@
 Each sample is the centre square of an unlabelled image (lightly augmented when training) and a randomly
 warped copy of it: a rotation by up to ``rotation`` degrees, a scaling by a factor in ``[1 - scale, 1 +
 scale]`` and a shift by up to ``shift`` of the input, all about the centre, built and applied with the
-sample pipeline's own affine maps (:func:`sslbench.pipeline.crop_matrix`, :func:`~sslbench.pipeline.warp`;
+sample pipeline's own affine maps (:func:`sslbench.data.pipeline.crop_matrix`, :func:`~sslbench.data.pipeline.warp`;
 the sample keeps the exact 3 x 3 matrix from the first view's input pixels to the second's). The network
 outputs ``landmarks`` maps on both views (one forward pass on the two stacked); each map, a softmax over its
 positions, gives a landmark: its expected position (soft-argmax, in input pixels at the pipeline's map
@@ -32,21 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey
-from sslbench.joints import NUM_JOINTS
-from sslbench.pipeline import crop_matrix, to_tensor, warp
-from sslbench.pretexts import (
-    PretextMetric,
-    base_sample,
-    check_geometry,
-    option_bool,
-    option_float,
-    option_int,
-    pretext_factory,
-    square_view,
-)
-from sslbench.registry import Entry
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Geometry, Metric, SampleKey
+from sslbench.contract.registry import Entry
+from sslbench.data.joints import NUM_JOINTS
+from sslbench.data.pipeline import crop_matrix, to_tensor, warp
+from sslbench.tasks.pretexts import KitPretext, PretextMetric, base_sample, check_geometry, pretext_entry
 
 
 def soft_landmarks(maps: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +60,7 @@ def apply_affine(matrix: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return points @ matrix[:, :2, :2].transpose(1, 2) + matrix[:, None, :2, 2]
 
 
-class Equivariance(Pretext):
+class Equivariance(KitPretext):
     """Heatmaps equivariant to affine warps, peaked and apart."""
 
     name = "equivariance"
@@ -87,31 +78,18 @@ class Equivariance(Pretext):
         separation_sigma: float = 1.0,
         augment: bool = True,
     ) -> None:
-        self.landmarks = option_int(self.name, "landmarks", landmarks, 1, 1024)
-        self.rotation = option_float(self.name, "rotation", rotation, 0.0, 180.0)
-        self.scale = option_float(self.name, "scale", scale, 0.0, 0.9)
-        self.shift = option_float(self.name, "shift", shift, 0.0, 0.5)
-        self.concentration = option_float(self.name, "concentration", concentration, 0.0, 1e6)
-        self.separation = option_float(self.name, "separation", separation, 0.0, 1e6)
-        self.separation_sigma = option_float(self.name, "separation_sigma", separation_sigma, 0.0, 1e3, open_low=True)
-        self.augment = option_bool(self.name, "augment", augment)
+        self.landmarks = self.option_int("landmarks", landmarks, 1, 1024)
+        self.rotation = self.option_float("rotation", rotation, 0.0, 180.0)
+        self.scale = self.option_float("scale", scale, 0.0, 0.9)
+        self.shift = self.option_float("shift", shift, 0.0, 0.5)
+        self.concentration = self.option_float("concentration", concentration, 0.0, 1e6)
+        self.separation = self.option_float("separation", separation, 0.0, 1e6)
+        self.separation_sigma = self.option_float("separation_sigma", separation_sigma, 0.0, 1e3, open_low=True)
+        self.augment = self.option_bool("augment", augment)
 
     @property
     def num_outputs(self) -> int:
         return self.landmarks
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "landmarks": self.landmarks,
-            "rotation": self.rotation,
-            "scale": self.scale,
-            "shift": self.shift,
-            "concentration": self.concentration,
-            "separation": self.separation,
-            "separation_sigma": self.separation_sigma,
-            "augment": self.augment,
-        }
 
     # -- samples ------------------------------------------------------------------------
     def draw_warp(self, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -129,7 +107,7 @@ class Equivariance(Pretext):
         check_geometry(self.name, geometry)
         size = geometry.input_size
         rng = key.rng()
-        view = square_view(image, size, rng if train and self.augment else None)
+        view = self.view(image, size, rng, train)
         matrix = self.draw_warp(size, rng)
         return {
             **base_sample(to_tensor(view), geometry),
@@ -198,11 +176,10 @@ class EquivarianceMetric(PretextMetric):
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
     return [
-        Entry(
-            "equivariance",
+        pretext_entry(
+            Equivariance,
             "landmark heatmaps that move with a random affine warp, peaked and apart (Thewlis et al. 2017; "
             "Zhang et al. 2018); with 15 maps policy all+adapters transfers the output layers too; options: "
             "landmarks, rotation, scale, shift, concentration, separation, separation_sigma, augment",
-            pretext_factory(Equivariance),
         )
     ]

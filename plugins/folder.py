@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sslbench.errors import DataError
-from sslbench.hookspecs import hookimpl
-from sslbench.imageio import ImageFileDataset, require_root
-from sslbench.interfaces import Splits
-from sslbench.registry import Entry
+from sslbench.contract.errors import DataError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Splits
+from sslbench.contract.registry import Entry
+from sslbench.data.imageio import ImageFileDataset
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -26,22 +26,21 @@ class ImageFolder(ImageFileDataset):
     protocols = ("standard",)
 
     def __init__(self, root: Path | str | None, skip_bad: bool = False, cache_bytes: int | None = None) -> None:
-        root = require_root(root, self.name)
         super().__init__(root, cache_bytes)
         self.paths = sorted(
             p
-            for p in root.iterdir()
+            for p in self.root.iterdir()
             if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
         )
         if not self.paths:
             raise DataError(
-                f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder (subfolders are not searched)"
+                f"{self.root}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder (subfolders are not searched)"
             )
         if skip_bad:
             count = len(self.paths)
             self._drop_unreadable()
             if not self.paths:
-                raise DataError(f"{root}: no readable images (all {count} image files are unreadable)")
+                raise DataError(f"{self.root}: no readable images (all {count} image files are unreadable)")
 
     @property
     def labelled(self) -> bool:
@@ -54,9 +53,7 @@ class ImageFolder(ImageFileDataset):
 @hookimpl
 def sslbench_datasets() -> list[Entry]:
     return [
-        Entry(
-            "folder",
-            "Any folder of images (jpg, jpeg, png, bmp, webp; not recursive) as an unlabelled pretext pool",
-            ImageFolder.create,
+        ImageFolder.entry(
+            "Any folder of images (jpg, jpeg, png, bmp, webp; not recursive) as an unlabelled pretext pool"
         )
     ]

@@ -26,29 +26,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sslbench.errors import ConfigError
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey
-from sslbench.pipeline import STD, to_tensor
-from sslbench.pretexts import (
-    PretextMetric,
-    base_sample,
-    batch_size,
-    check_geometry,
-    option_bool,
-    option_choice,
-    option_float,
-    option_int,
-    pretext_factory,
-    square_view,
-)
-from sslbench.registry import Entry
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Geometry, Metric, SampleKey
+from sslbench.contract.registry import Entry
+from sslbench.data.pipeline import STD, to_tensor
+from sslbench.tasks.pretexts import KitPretext, PretextMetric, base_sample, batch_size, check_geometry, pretext_entry
 
 #: per-channel standard deviation (0-255 scale), to turn normalised errors into pixel errors
 _STD = torch.from_numpy(STD.copy()).view(1, 3, 1, 1)
 
 
-class Inpaint(Pretext):
+class Inpaint(KitPretext):
     """Masked-region reconstruction at the output stride."""
 
     name = "inpaint"
@@ -63,11 +52,11 @@ class Inpaint(Pretext):
         augment: bool = True,
         loss_scale: str = "mean",
     ) -> None:
-        self.mask_ratio = option_float(self.name, "mask_ratio", mask_ratio, 0.0, 1.0, open_low=True)
-        self.grid = option_int(self.name, "grid", grid, 1, 1000)
-        self.unmasked_weight = option_float(self.name, "unmasked_weight", unmasked_weight, 0.0, 1e6)
-        self.augment = option_bool(self.name, "augment", augment)
-        self.loss_scale = option_choice(self.name, "loss_scale", loss_scale, ("mean", "sum"))
+        self.mask_ratio = self.option_float("mask_ratio", mask_ratio, 0.0, 1.0, open_low=True)
+        self.grid = self.option_int("grid", grid, 1, 1000)
+        self.unmasked_weight = self.option_float("unmasked_weight", unmasked_weight, 0.0, 1e6)
+        self.augment = self.option_bool("augment", augment)
+        self.loss_scale = self.option_choice("loss_scale", loss_scale, ("mean", "sum"))
 
     @property
     def num_outputs(self) -> int:
@@ -76,16 +65,6 @@ class Inpaint(Pretext):
     @property
     def blocks_hidden(self) -> int:
         return max(1, round(self.mask_ratio * self.grid**2))
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "mask_ratio": self.mask_ratio,
-            "grid": self.grid,
-            "unmasked_weight": self.unmasked_weight,
-            "augment": self.augment,
-            "loss_scale": self.loss_scale,
-        }
 
     # -- samples ------------------------------------------------------------------------
     def cell_mask(self, map_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -108,7 +87,7 @@ class Inpaint(Pretext):
         check_geometry(self.name, geometry)
         size, stride, m = geometry.input_size, geometry.stride, geometry.map_size
         rng = key.rng()
-        original = to_tensor(square_view(image, size, rng if train and self.augment else None))
+        original = to_tensor(self.view(image, size, rng, train))
         target = F.avg_pool2d(original[None], stride)[0, :, :m, :m]
         cells = self.cell_mask(m, rng)
         to_cell = np.minimum(np.arange(size) // stride, m - 1)
@@ -169,11 +148,10 @@ class InpaintMetric(PretextMetric):
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
     return [
-        Entry(
-            "inpaint",
+        pretext_entry(
+            Inpaint,
             "hide blocks of the image and reconstruct them as 3 colour maps at the output stride "
             "(context encoder / masked image modelling); "
             "options: mask_ratio, grid, unmasked_weight, augment, loss_scale",
-            pretext_factory(Inpaint),
         )
     ]

@@ -1,6 +1,6 @@
 """``jigsaw-ce``: the jigsaw puzzle as classification with cross-entropy (the report's sec. 3.3.2).
 
-Puzzles are made exactly as for ``jigsaw-heatmap`` (:mod:`sslbench.jigsaw`); only the
+Puzzles are made exactly as for ``jigsaw-heatmap`` (:mod:`sslbench.tasks.jigsaw`); only the
 way the network answers differs. Three heads, chosen with the ``head`` option:
 
 ``cells`` (default)
@@ -16,7 +16,7 @@ way the network answers differs. Three heads, chosen with the ``head`` option:
     Noroozi & Favaro's form: classify which of a fixed set of N permutations was applied.
     N output maps, global average pooled to N logits, cross-entropy. The set is chosen
     greedily by maximal average Hamming distance from a fixed seed
-    (:func:`sslbench.jigsaw.hamming_set`); ``permutations`` must be ``set:N`` (default
+    (:func:`sslbench.tasks.jigsaw.hamming_set`); ``permutations`` must be ``set:N`` (default
     ``set:100``), and tiles are random windows inside their cells unless
     ``tile_crop=false``.
 
@@ -79,37 +79,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sslbench.errors import ConfigError
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey
-from sslbench.jigsaw import (
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Geometry, Metric, SampleKey
+from sslbench.contract.registry import Entry
+from sslbench.data.pipeline import to_tensor
+from sslbench.tasks.jigsaw import (
     GRID,
     NUM_TILES,
     REPORT_GAP,
     PermutationMode,
     TileLayout,
+    add_puzzle_accuracy,
     make_puzzle,
-    puzzle_hits,
     scaled_gap,
 )
-from sslbench.pipeline import to_tensor
-from sslbench.pretexts import (
-    PretextMetric,
-    base_sample,
-    check_geometry,
-    option_bool,
-    option_choice,
-    option_int,
-    pretext_factory,
-    square_view,
-)
-from sslbench.registry import Entry
+from sslbench.tasks.pretexts import KitPretext, PretextMetric, base_sample, check_geometry, pretext_entry
 
 HEADS = ("cells", "report", "permutation")
 
 
 
-class JigsawCE(Pretext):
+class JigsawCE(KitPretext):
     """Jigsaw puzzles classified with cross-entropy: heads ``cells``, ``report`` or ``permutation``."""
 
     name = "jigsaw-ce"
@@ -124,7 +115,7 @@ class JigsawCE(Pretext):
         gap: int = REPORT_GAP,
         augment: bool = True,
     ) -> None:
-        self.head = option_choice(self.name, "head", head, HEADS)
+        self.head = self.option_choice("head", head, HEADS)
         if permutations is None:
             permutations = "set:100" if self.head == "permutation" else "fixed:10"
         self.permutations = PermutationMode.parse(permutations)
@@ -139,9 +130,9 @@ class JigsawCE(Pretext):
             self.table = torch.from_numpy(self.permutations.permutation_set().copy())
         if tile_crop is None:
             tile_crop = self.head == "permutation"
-        self.tile_crop = option_bool(self.name, "tile_crop", tile_crop)
-        self.gap = option_int(self.name, "gap", gap, 0, 100)
-        self.augment = option_bool(self.name, "augment", augment)
+        self.tile_crop = self.option_bool("tile_crop", tile_crop)
+        self.gap = self.option_int("gap", gap, 0, 100)
+        self.augment = self.option_bool("augment", augment)
 
     @property
     def num_outputs(self) -> int:
@@ -152,14 +143,7 @@ class JigsawCE(Pretext):
         return self.permutations.count
 
     def config(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "head": self.head,
-            "permutations": self.permutations.text,
-            "tile_crop": self.tile_crop,
-            "gap": self.gap,
-            "augment": self.augment,
-        }
+        return {**super().config(), "permutations": self.permutations.text}
 
     # -- samples ------------------------------------------------------------------------
     def make_sample(
@@ -170,7 +154,7 @@ class JigsawCE(Pretext):
         layout = TileLayout(geometry.input_size, scaled_gap(geometry.input_size, self.gap))
         rng = key.rng()
         perm, index = self.permutations.draw(key, rng)
-        view = square_view(image, layout.source_size(self.tile_crop), rng if train and self.augment else None)
+        view = self.view(image, layout.source_size(self.tile_crop), rng, train)
         puzzle = make_puzzle(to_tensor(view), perm, layout, rng if self.tile_crop else None)
         return {
             **base_sample(puzzle, geometry),
@@ -217,20 +201,17 @@ class CEJigsawMetric(PretextMetric):
     """Tile and puzzle accuracy (percent) of the last stage, and the loss."""
 
     def score(self, last: torch.Tensor, batch: dict[str, Any], n: int) -> None:
-        tiles, puzzles = puzzle_hits(self.task.predicted_origins(last), batch["perm"])
-        self.averages.add("tile_acc", 100.0 * tiles, n * NUM_TILES)
-        self.averages.add("puzzle_acc", 100.0 * puzzles, n)
+        add_puzzle_accuracy(self.averages, self.task.predicted_origins(last), batch["perm"], n)
 
 
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
     return [
-        Entry(
-            "jigsaw-ce",
+        pretext_entry(
+            JigsawCE,
             "3x3 jigsaw classified with cross-entropy (report sec. 3.3.2); heads cells, report "
             "(the report's 1-map 9x9 form) or permutation (Noroozi & Favaro); "
             "options: head, permutations, tile_crop, gap, augment",
-            pretext_factory(JigsawCE),
         )
     ]
 
@@ -264,12 +245,20 @@ def compare_heads(
     """
     import time
 
-    from sslbench.registry import default_registry
+    from sslbench.contract.registry import default_registry
 
     registry = default_registry()
     geometry = Geometry(input_size, 8)
     runs = [("cells", "adam", 1e-3), ("report", "adam", 1e-3), ("report", "sgd", 4e-6)]
     results = []
+
+    def make_batch(task: JigsawCE, first: int, epoch: int, train: bool) -> dict[str, torch.Tensor]:
+        samples = [
+            task.make_sample(colour_coded_image(i), None, SampleKey(seed, i, epoch), train, geometry)
+            for i in range(first, first + batch)
+        ]
+        return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
     for head, optimiser, lr in runs:
         torch.manual_seed(seed)
         task = JigsawCE(head=head, augment=False)
@@ -283,18 +272,11 @@ def compare_heads(
             else torch.optim.SGD(params, lr, momentum=0.9, weight_decay=5e-4)
         )
 
-        def make_batch(first: int, epoch: int, train: bool) -> dict[str, torch.Tensor]:
-            samples = [
-                task.make_sample(colour_coded_image(i), None, SampleKey(seed, i, epoch), train, geometry)
-                for i in range(first, first + batch)
-            ]
-            return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
-
         start = time.process_time()
         losses = []
         model.train()
         for step in range(steps):
-            data = make_batch(step * batch, 0, True)  # every training puzzle is a new image
+            data = make_batch(task, step * batch, 0, True)  # every training puzzle is a new image
             loss = task.loss(model(data["image"], data["centermap"]), data)
             optim.zero_grad()
             loss.backward()
@@ -304,7 +286,7 @@ def compare_heads(
         metric = task.new_metric()
         with torch.no_grad():
             for first in range(10**6, 10**6 + 128, batch):
-                data = make_batch(first, 0, False)
+                data = make_batch(task, first, 0, False)
                 metric.update(model(data["image"], data["centermap"]), data)
         window = max(1, steps // 4)
         results.append(

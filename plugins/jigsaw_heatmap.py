@@ -1,7 +1,7 @@
 """``jigsaw-heatmap``: solve a 3x3 jigsaw puzzle with belief maps (the report's sec. 3.3.3).
 
 The input is the centre square of an unlabelled image cut into 3x3 tiles with a gap
-between tiles and shuffled by a derangement (see :mod:`sslbench.jigsaw`). The network
+between tiles and shuffled by a derangement (see :mod:`sslbench.tasks.jigsaw`). The network
 predicts 9 maps, one per shuffled position: map ``i`` should peak at the centre of the
 cell that the tile now at position ``i`` came from. On the report's 46 x 46 maps the
 cell centres are 8, 24, 39 and the Gaussians have sigma 5; both scale with the map
@@ -30,9 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey
-from sslbench.jigsaw import (
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Geometry, Metric, SampleKey
+from sslbench.contract.registry import Entry
+from sslbench.data.pipeline import to_tensor
+from sslbench.tasks.jigsaw import (
     GRID,
     NUM_TILES,
     REPORT_GAP,
@@ -40,29 +42,17 @@ from sslbench.jigsaw import (
     REPORT_SIGMA,
     PermutationMode,
     TileLayout,
+    add_puzzle_accuracy,
     cell_centres,
     decode_cells,
     make_puzzle,
-    puzzle_hits,
     puzzle_targets,
     scaled_gap,
 )
-from sslbench.pipeline import to_tensor
-from sslbench.pretexts import (
-    PretextMetric,
-    base_sample,
-    check_geometry,
-    option_bool,
-    option_choice,
-    option_float,
-    option_int,
-    pretext_factory,
-    square_view,
-)
-from sslbench.registry import Entry
+from sslbench.tasks.pretexts import KitPretext, PretextMetric, base_sample, check_geometry, pretext_entry
 
 
-class JigsawHeatmap(Pretext):
+class JigsawHeatmap(KitPretext):
     """The report's heatmap jigsaw: 9 belief maps, map ``i`` peaks at the origin cell of tile ``i``."""
 
     name = "jigsaw-heatmap"
@@ -82,28 +72,19 @@ class JigsawHeatmap(Pretext):
         self.permutations = PermutationMode.parse(permutations)
         if self.permutations.kind == "set":
             self.permutations.permutation_set()  # build it now, before data-loader workers fork
-        self.tile_crop = option_bool(self.name, "tile_crop", tile_crop)
-        self.sigma = None if sigma is None else option_float(self.name, "sigma", sigma, 0.0, 1000.0, open_low=True)
-        self.gap = option_int(self.name, "gap", gap, 0, 100)
-        self.centres = option_choice(self.name, "centres", centres, ("report", "exact"))
-        self.augment = option_bool(self.name, "augment", augment)
-        self.loss_scale = option_choice(self.name, "loss_scale", loss_scale, ("mean", "sum"))
+        self.tile_crop = self.option_bool("tile_crop", tile_crop)
+        self.sigma = None if sigma is None else self.option_float("sigma", sigma, 0.0, 1000.0, open_low=True)
+        self.gap = self.option_int("gap", gap, 0, 100)
+        self.centres = self.option_choice("centres", centres, ("report", "exact"))
+        self.augment = self.option_bool("augment", augment)
+        self.loss_scale = self.option_choice("loss_scale", loss_scale, ("mean", "sum"))
 
     @property
     def num_outputs(self) -> int:
         return NUM_TILES
 
     def config(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "permutations": self.permutations.text,
-            "tile_crop": self.tile_crop,
-            "sigma": self.sigma,
-            "gap": self.gap,
-            "centres": self.centres,
-            "augment": self.augment,
-            "loss_scale": self.loss_scale,
-        }
+        return {**super().config(), "permutations": self.permutations.text}
 
     # -- samples ------------------------------------------------------------------------
     def map_sigma(self, map_size: int) -> float:
@@ -123,7 +104,7 @@ class JigsawHeatmap(Pretext):
         centres = cell_centres(m, self.centres, layout, geometry.stride)  # type: ignore[arg-type]
         rng = key.rng()
         perm, _ = self.permutations.draw(key, rng)
-        view = square_view(image, layout.source_size(self.tile_crop), rng if train and self.augment else None)
+        view = self.view(image, layout.source_size(self.tile_crop), rng, train)
         puzzle = make_puzzle(to_tensor(view), perm, layout, rng if self.tile_crop else None)
         target = puzzle_targets(perm, centres, m, self.map_sigma(m))
         return {
@@ -148,19 +129,15 @@ class HeatmapJigsawMetric(PretextMetric):
     """Tile and whole-puzzle accuracy of the last stage's peaks (percent), and the loss."""
 
     def score(self, last: torch.Tensor, batch: dict[str, Any], n: int) -> None:
-        predicted = decode_cells(last, batch["cell_centres"][0])
-        tiles, puzzles = puzzle_hits(predicted, batch["perm"])
-        self.averages.add("tile_acc", 100.0 * tiles, n * NUM_TILES)
-        self.averages.add("puzzle_acc", 100.0 * puzzles, n)
+        add_puzzle_accuracy(self.averages, decode_cells(last, batch["cell_centres"][0]), batch["perm"], n)
 
 
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
     return [
-        Entry(
-            "jigsaw-heatmap",
+        pretext_entry(
+            JigsawHeatmap,
             "3x3 jigsaw as 9 belief maps peaking at each tile's origin cell (report sec. 3.3.3); "
             "options: permutations, tile_crop, sigma, gap, centres, augment, loss_scale",
-            pretext_factory(JigsawHeatmap),
         )
     ]

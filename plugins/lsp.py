@@ -13,7 +13,7 @@ every consumer uses them the same way, so PCK is unaffected.
 Protocols:
 
 - ``standard``: im0001-1000 are the training pool, im1001-2000 the test set; 100 images
-  of the pool are held out for validation (:func:`sslbench.splits.carve`), leaving 900
+  of the pool are held out for validation (:func:`sslbench.data.splits.carve`), leaving 900
   for training budgets. A smaller copy (test fixtures) scales: first half pool, second
   half test, ``max(1, half // 10)`` validation images.
 - ``report``: the 1600/200/200 random partition of the report this project grew out
@@ -30,21 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sslbench import splits as splitting
-from sslbench.errors import DataError
-from sslbench.hookspecs import hookimpl
-from sslbench.imageio import (
-    ImageFileDataset,
-    check_joint_values,
-    expected_names,
-    load_mat_array,
-    match_images,
-    require_root,
-    shape_text,
-)
-from sslbench.interfaces import Splits
-from sslbench.joints import NUM_JOINTS
-from sslbench.registry import Entry
+from sslbench.contract.errors import DataError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Splits
+from sslbench.contract.registry import Entry
+from sslbench.data import splits as splitting
+from sslbench.data.imageio import ImageFileDataset, annotated_images, load_mat_array, shape_text
+from sslbench.data.joints import NUM_JOINTS
 
 
 class LSP(ImageFileDataset):
@@ -54,10 +46,9 @@ class LSP(ImageFileDataset):
     protocols = ("standard", "report")
 
     def __init__(self, root: Path | str | None, skip_bad: bool = False, cache_bytes: int | None = None) -> None:
-        root = require_root(root, self.name)
         super().__init__(root, cache_bytes)
-        annotations = root / "joints.mat"
-        images_dir = root / "images"
+        annotations = self.root / "joints.mat"
+        images_dir = self.root / "images"
         if not images_dir.is_dir():
             raise DataError(f"{images_dir}: image folder not found (lsp expects images/im0001.jpg.. and joints.mat)")
         raw = load_mat_array(annotations)
@@ -76,10 +67,8 @@ class LSP(ImageFileDataset):
         self.num_annotated = raw.shape[2]
         if self.num_annotated == 0:
             raise DataError(f"{annotations}: 'joints' holds no images (shape {shape_text(raw.shape)})")
-        names = expected_names(self.num_annotated, digits=4)
-        self.paths = match_images(images_dir, names, annotations)
         joints = raw.transpose(2, 1, 0).copy()  # (N, 14, 3): x, y, occluded flag
-        check_joint_values(joints, annotations, names)
+        self.paths = annotated_images(images_dir, joints, annotations, digits=4)
         joints[:, :, 2] = 1.0 - joints[:, :, 2]
         self._joints = joints.astype(np.float32)
         #: 0-based position of each kept image in joints.mat (im0001 -> 0)
@@ -124,9 +113,5 @@ class LSP(ImageFileDataset):
 @hookimpl
 def sslbench_datasets() -> list[Entry]:
     return [
-        Entry(
-            "lsp",
-            "Leeds Sports Pose: 2000 images, 14 joints; protocols standard (1000/1000) and report (1600/200/200)",
-            LSP.create,
-        )
+        LSP.entry("Leeds Sports Pose: 2000 images, 14 joints; protocols standard (1000/1000) and report (1600/200/200)")
     ]

@@ -21,21 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sslbench.errors import DataError
-from sslbench.hookspecs import hookimpl
-from sslbench.imageio import (
-    IMAGE_NAME,
-    ImageFileDataset,
-    check_joint_values,
-    expected_names,
-    load_mat_array,
-    match_images,
-    require_root,
-    shape_text,
-)
-from sslbench.interfaces import Splits
-from sslbench.joints import NUM_JOINTS
-from sslbench.registry import Entry
+from sslbench.contract.errors import DataError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Splits
+from sslbench.contract.registry import Entry
+from sslbench.data.imageio import IMAGE_NAME, ImageFileDataset, annotated_images, load_mat_array, shape_text
+from sslbench.data.joints import NUM_JOINTS
 
 
 class LSPET(ImageFileDataset):
@@ -45,12 +36,11 @@ class LSPET(ImageFileDataset):
     protocols = ("standard",)
 
     def __init__(self, root: Path | str | None, skip_bad: bool = False, cache_bytes: int | None = None) -> None:
-        root = require_root(root, self.name)
         super().__init__(root, cache_bytes)
-        images_dir = root / "images"
+        images_dir = self.root / "images"
         if not images_dir.is_dir():
             raise DataError(f"{images_dir}: image folder not found (lspet expects images/im00001.jpg..)")
-        annotations = root / "joints.mat"
+        annotations = self.root / "joints.mat"
         self._joints: np.ndarray | None = None
         #: shape of ``joints`` in joints.mat, if there is one
         self.annotation_shape: tuple[int, ...] | None = None
@@ -68,9 +58,7 @@ class LSPET(ImageFileDataset):
                 )
             if joints.shape[0] == 0:
                 raise DataError(f"{annotations}: 'joints' holds no images (shape {shape_text(raw.shape)})")
-            names = expected_names(joints.shape[0], digits=5)
-            self.paths = match_images(images_dir, names, annotations)
-            check_joint_values(joints, annotations, names)
+            self.paths = annotated_images(images_dir, joints, annotations, digits=5)
             self._joints = np.ascontiguousarray(joints, dtype=np.float32)  # flag 1 = visible already
         else:
             self.paths = sorted(p for p in images_dir.iterdir() if IMAGE_NAME.match(p.name))
@@ -99,9 +87,5 @@ class LSPET(ImageFileDataset):
 @hookimpl
 def sslbench_datasets() -> list[Entry]:
     return [
-        Entry(
-            "lspet",
-            "LSP-extended: 10,000 images as an unlabelled pretext pool (joints used if joints.mat is present)",
-            LSPET.create,
-        )
+        LSPET.entry("LSP-extended: 10,000 images as an unlabelled pretext pool (joints used if joints.mat is present)")
     ]

@@ -5,7 +5,7 @@ momentum copies (the key, no gradient); the NT-Xent loss contrasts each query wi
 against a queue of ``queue`` keys of earlier batches: the standard answer to small batches.
 From lightly: ``MoCoProjectionHead``, ``NTXentLoss`` with its memory bank (the queue, kept
 in the run's checkpoints), ``update_momentum`` and ``cosine_schedule`` (momentum from
-``momentum`` to 1). Options: those of :class:`~sslbench.embedding.JointEmbedding`,
+``momentum`` to 1). Options: those of :class:`~sslbench.tasks.embedding.JointEmbedding`,
 ``momentum`` (0.99), ``temperature`` (MoCo v2's 0.2), ``queue`` (4096). Metric: ``retrieval``
 (query of view 0 against the keys of view 1 in the batch) and ``loss``.
 """
@@ -19,11 +19,11 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import MoCoProjectionHead
 from torch import nn
 
-from sslbench.embedding import MomentumEmbedding
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Backbone
-from sslbench.pretexts import option_float, option_int, pretext_factory
-from sslbench.registry import Entry
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.networks import Backbone
+from sslbench.contract.registry import Entry
+from sslbench.tasks.embedding import MomentumEmbedding
+from sslbench.tasks.pretexts import option_float, option_int, pretext_entry
 
 
 class MoCo(MomentumEmbedding):
@@ -61,6 +61,6 @@ class MoCo(MomentumEmbedding):
 
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
-    return [Entry("moco", "MoCo v2: momentum encoder and a queue of negatives (He et al. 2020), lightly's head, "
-                  "loss, memory bank and momentum update; options: momentum, temperature, queue, layers, "
-                  "min_scale, cj_strength, hidden_dim, output_dim", pretext_factory(MoCo))]  # fmt: skip
+    return [pretext_entry(MoCo, "MoCo v2: momentum encoder and a queue of negatives (He et al. 2020), lightly's head, "
+                                "loss, memory bank and momentum update; options: momentum, temperature, queue, layers, "
+                                "min_scale, cj_strength, hidden_dim, output_dim")]  # fmt: skip

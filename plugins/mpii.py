@@ -7,7 +7,7 @@ Samples are the single-person annotated people (``single_person``) of the traini
 (``img_train == 1``; the test images' joints are withheld): 16 joints in MPII order, their head box
 (``x1, y1, x2, y2``), centre (``objpos``) and scale (``scale``: the person is about 200 x scale px tall).
 A joint without an annotated point is unknown (NaN); ``is_visible == 0`` marks an occluded one.
-Each person is cropped around the square of side 200 x scale at its centre (:mod:`sslbench.instances`).
+Each person is cropped around the square of side 200 x scale at its centre (:mod:`sslbench.data.instances`).
 
 PCK is normalised by the head size, 0.6 x the head box diagonal, as the official evaluation
 (``pckh@0.5``: every joint but pelvis and thorax). Protocol ``standard``: the split of Tompson et al.
@@ -26,14 +26,14 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from sslbench import splits as splitting
-from sslbench.errors import DataError
-from sslbench.hookspecs import hookimpl
-from sslbench.imageio import reject_options, require_root
-from sslbench.instances import Instance, InstanceDataset, split_images
-from sslbench.interfaces import Splits
-from sslbench.registry import Entry
-from sslbench.skeleton import Skeleton
+from sslbench.contract.errors import DataError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Splits
+from sslbench.contract.registry import Entry
+from sslbench.contract.skeleton import Skeleton
+from sslbench.data import splits as splitting
+from sslbench.data.imageio import reject_options, require_root
+from sslbench.data.instances import Instance, InstanceDataset, split_images
 
 ANNOTATION_FILE = "mpii_human_pose_v1_u12_1.mat"
 #: test share of the images, the size of the usual validation split (2,958 of 25,204 people)
@@ -202,9 +202,7 @@ def read_image_list(path: Path) -> set[str]:
 @hookimpl
 def sslbench_datasets() -> list[Entry]:
     return [
-        Entry(
-            "mpii",
-            f"MPII Human Pose ({ANNOTATION_FILE} + images/): single-person annotated people, 16 joints, PCKh@0.5",
-            MPIIHumanPose.create,
+        MPIIHumanPose.entry(
+            f"MPII Human Pose ({ANNOTATION_FILE} + images/): single-person annotated people, 16 joints, PCKh@0.5"
         )
     ]

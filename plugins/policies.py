@@ -1,7 +1,7 @@
 """Transfer policies: which layer groups of a pretrained backbone initialise the pose network.
 
 Policies speak only about layer-group *roles* (``first``, ``middle``, ``later``, see
-:class:`sslbench.interfaces.LayerGroup`), never about one network's layer names, so they
+:class:`sslbench.contract.networks.LayerGroup`), never about one network's layer names, so they
 apply to every backbone: for the CPM ``first`` is stage 1 and ``middle`` the shared
 image trunk of stages >= 2; for the timm backbone they are its stem and blocks. Task
 adapters (layers whose shape depends on the number of outputs) are never in a group
@@ -9,17 +9,17 @@ and never transferred.
 
 Whether the transferred layers are frozen or fine-tuned is the run's ``freeze`` setting
 (``--freeze``, or a ``:frozen`` suffix: ``--policy first+middle:frozen``; see
-:func:`sslbench.transfer.parse_policy`).
+:func:`sslbench.experiment.transfer.parse_policy`).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from sslbench.errors import ConfigError
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import LayerGroup, LayerRole, TransferPolicy
-from sslbench.registry import Entry
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.networks import LayerGroup, LayerRole, TransferPolicy
+from sslbench.contract.registry import Entry
 
 
 class RolePolicy(TransferPolicy):

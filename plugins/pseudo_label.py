@@ -30,30 +30,31 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from sslbench import metrics as pose_metrics
-from sslbench.atomic import read_json, write_json
-from sslbench.errors import ConfigError
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Backbone, Geometry, ImageDataset
-from sslbench.joints import FLIP_INDEX, NUM_JOINTS
-from sslbench.pipeline import (
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Geometry, ImageDataset
+from sslbench.contract.networks import Backbone
+from sslbench.contract.registry import Entry
+from sslbench.data.joints import FLIP_INDEX, NUM_JOINTS
+from sslbench.data.pipeline import (
     centre_map_tensor,
     crop_matrix,
     person_box,
     to_tensor,
     warp,
 )
-from sslbench.pose import decode_joints
-from sslbench.registry import Entry
-from sslbench.semi import (
+from sslbench.data.splits import budget
+from sslbench.experiment.strategies import Cell, SemiSupervised
+from sslbench.tasks import metrics as pose_metrics
+from sslbench.tasks.pose import decode_joints
+from sslbench.tasks.semi import (
     Concat,
     JointsOverride,
     MaskedPoseTask,
     MixedTaskDataset,
     unlabelled_crop,
 )
-from sslbench.splits import budget
-from sslbench.strategies import Cell, SemiSupervised
+from sslbench.training.atomic import read_json, write_json
 from sslbench.training.device import resolve_device
 from sslbench.training.loop import FitResult
 from sslbench.training.run_files import finished

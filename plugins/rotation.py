@@ -14,23 +14,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey
-from sslbench.pipeline import to_tensor
-from sslbench.pretexts import (
-    PretextMetric,
-    base_sample,
-    check_geometry,
-    option_bool,
-    pretext_factory,
-    square_view,
-)
-from sslbench.registry import Entry
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Geometry, Metric, SampleKey
+from sslbench.contract.registry import Entry
+from sslbench.data.pipeline import to_tensor
+from sslbench.tasks.pretexts import KitPretext, PretextMetric, base_sample, check_geometry, pretext_entry
 
 NUM_ROTATIONS = 4
 
 
-class Rotation(Pretext):
+class Rotation(KitPretext):
     """Four-way rotation classification from globally pooled maps."""
 
     name = "rotation"
@@ -38,14 +31,11 @@ class Rotation(Pretext):
     monitor_mode = "max"
 
     def __init__(self, augment: bool = True) -> None:
-        self.augment = option_bool(self.name, "augment", augment)
+        self.augment = self.option_bool("augment", augment)
 
     @property
     def num_outputs(self) -> int:
         return NUM_ROTATIONS
-
-    def config(self) -> dict[str, Any]:
-        return {"name": self.name, "augment": self.augment}
 
     def make_sample(
         self, image: np.ndarray, joints: np.ndarray | None, key: SampleKey, train: bool, geometry: Geometry
@@ -54,7 +44,7 @@ class Rotation(Pretext):
         check_geometry(self.name, geometry)
         rng = key.rng()
         quarter_turns = int(rng.integers(NUM_ROTATIONS))
-        view = square_view(image, geometry.input_size, rng if train and self.augment else None)
+        view = self.view(image, geometry.input_size, rng, train)
         turned = torch.rot90(to_tensor(view), quarter_turns, dims=(1, 2))
         return {**base_sample(turned, geometry), "label": torch.tensor(quarter_turns, dtype=torch.int64)}
 
@@ -81,9 +71,8 @@ class RotationMetric(PretextMetric):
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
     return [
-        Entry(
-            "rotation",
+        pretext_entry(
+            Rotation,
             "predict the rotation (0/90/180/270 degrees) of the centre crop (Gidaris et al. 2018); options: augment",
-            pretext_factory(Rotation),
         )
     ]

@@ -1,9 +1,9 @@
 """``simclr``: contrastive learning of two views with the NT-Xent loss (Chen et al., ICML 2020).
 
-Both views of an image (:class:`sslbench.embedding.TwoViews`) go through the backbone and a
+Both views of an image (:class:`sslbench.tasks.embedding.TwoViews`) go through the backbone and a
 projection head; the NT-Xent loss pulls each view's embedding towards its pair and away from
 the other 2B - 2 embeddings of the batch. From lightly: ``SimCLRProjectionHead`` (2 layers,
-batch norm) and ``NTXentLoss``. Options: those of :class:`~sslbench.embedding.JointEmbedding`
+batch norm) and ``NTXentLoss``. Options: those of :class:`~sslbench.tasks.embedding.JointEmbedding`
 and ``temperature`` (lightly's default 0.5). Metric: ``retrieval`` (percent; chance
 ``retrieval_chance``) and ``loss``.
 """
@@ -16,11 +16,11 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 
-from sslbench.embedding import JointEmbedding
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Backbone
-from sslbench.pretexts import option_float, pretext_factory
-from sslbench.registry import Entry
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.networks import Backbone
+from sslbench.contract.registry import Entry
+from sslbench.tasks.embedding import JointEmbedding
+from sslbench.tasks.pretexts import option_float, pretext_entry
 
 
 class SimCLR(JointEmbedding):
@@ -44,6 +44,6 @@ class SimCLR(JointEmbedding):
 
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
-    return [Entry("simclr", "SimCLR: NT-Xent between two augmented views (Chen et al. 2020), lightly's head "
-                  "and loss; options: temperature, layers, min_scale, cj_strength, hidden_dim, output_dim",
-                  pretext_factory(SimCLR))]  # fmt: skip
+    return [pretext_entry(SimCLR, "SimCLR: NT-Xent between two augmented views (Chen et al. 2020), lightly's head and "
+                                  "loss; options: temperature, layers, min_scale, cj_strength, hidden_dim, "
+                                  "output_dim")]  # fmt: skip

@@ -36,21 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from sslbench.errors import ConfigError
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Backbone, Geometry, Metric, Pretext, SampleKey
-from sslbench.pipeline import to_tensor
-from sslbench.pretexts import (
-    PretextMetric,
-    base_sample,
-    check_geometry,
-    option_bool,
-    option_float,
-    option_int,
-    pretext_factory,
-    square_view,
-)
-from sslbench.registry import Entry
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Geometry, Metric, SampleKey
+from sslbench.contract.networks import Backbone
+from sslbench.contract.registry import Entry
+from sslbench.data.pipeline import to_tensor
+from sslbench.tasks.pretexts import KitPretext, PretextMetric, base_sample, check_geometry, pretext_entry
 
 #: layer-group roles that form the sparse encoder
 ENCODER_ROLES = ("first", "middle")
@@ -96,7 +88,7 @@ def masked_forward(
             handle.remove()
 
 
-class SparK(Pretext):
+class SparK(KitPretext):
     """Masked patches reconstructed as per-patch normalised pixels, through a sparse (re-masked) encoder."""
 
     name = "spark"
@@ -111,29 +103,19 @@ class SparK(Pretext):
         norm_target: bool = True,
         augment: bool = True,
     ) -> None:
-        self.mask_ratio = option_float(self.name, "mask_ratio", mask_ratio, 0.0, 1.0, open_low=True)
+        self.mask_ratio = self.option_float("mask_ratio", mask_ratio, 0.0, 1.0, open_low=True)
         if self.mask_ratio >= 1.0:
             raise ConfigError(
                 f"pretext {self.name}: option mask_ratio must be below 1 (something must stay visible), got {mask_ratio!r}"
             )
-        self.patch = option_int(self.name, "patch", patch, 1, 64)
-        self.target_size = option_int(self.name, "target_size", target_size, 1, 64)
-        self.norm_target = option_bool(self.name, "norm_target", norm_target)
-        self.augment = option_bool(self.name, "augment", augment)
+        self.patch = self.option_int("patch", patch, 1, 64)
+        self.target_size = self.option_int("target_size", target_size, 1, 64)
+        self.norm_target = self.option_bool("norm_target", norm_target)
+        self.augment = self.option_bool("augment", augment)
 
     @property
     def num_outputs(self) -> int:
         return 3 * self.target_size**2
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "mask_ratio": self.mask_ratio,
-            "patch": self.patch,
-            "target_size": self.target_size,
-            "norm_target": self.norm_target,
-            "augment": self.augment,
-        }
 
     # -- samples ------------------------------------------------------------------------
     def hidden_cells(self, map_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -168,7 +150,7 @@ class SparK(Pretext):
         """``image`` (whole: :meth:`forward` hides the patches), ``centermap``, ``target``, ``mask`` (1, m, m), 1 = hidden."""
         check_geometry(self.name, geometry)
         rng = key.rng()
-        view = to_tensor(square_view(image, geometry.input_size, rng if train and self.augment else None))
+        view = to_tensor(self.view(image, geometry.input_size, rng, train))
         hidden = self.hidden_cells(geometry.map_size, rng)
         return {
             **base_sample(view, geometry),
@@ -213,11 +195,10 @@ class SparKMetric(PretextMetric):
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
     return [
-        Entry(
-            "spark",
+        pretext_entry(
+            SparK,
             "masked image modelling for CNNs (SparK, Tian et al. 2023): hidden patches re-masked after every "
             "encoder layer, per-patch normalised pixels reconstructed by the later stages; "
             "options: mask_ratio, patch, target_size, norm_target, augment",
-            pretext_factory(SparK),
         )
     ]

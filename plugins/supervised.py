@@ -13,12 +13,12 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
-from sslbench.errors import ConfigError
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey, Strategy
-from sslbench.pretexts import pretext_factory
-from sslbench.registry import Entry, Registry
-from sslbench.strategies import check_transfer_pair, pretrains
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Geometry, Metric, Pretext, SampleKey, Strategy
+from sslbench.contract.registry import Entry, Registry
+from sslbench.experiment.strategies import check_transfer_pair, pretrains
+from sslbench.tasks.pretexts import pretext_entry
 
 
 def _does_not_train(what: str) -> NoReturn:
@@ -75,10 +75,4 @@ def sslbench_strategies() -> list[Entry]:
 
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
-    return [
-        Entry(
-            "none",
-            "no pretraining: the supervised baseline, trained from random initialisation",
-            pretext_factory(NoPretext),
-        )
-    ]
+    return [pretext_entry(NoPretext, "no pretraining: the supervised baseline, trained from random initialisation")]

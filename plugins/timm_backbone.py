@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslbench.errors import CheckpointError, ConfigError, did_you_mean
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Backbone, LayerGroup
-from sslbench.registry import Entry
+from sslbench.contract.errors import CheckpointError, ConfigError, did_you_mean
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.networks import Backbone, LayerGroup
+from sslbench.contract.registry import Entry
 
 log = logging.getLogger(__name__)
 

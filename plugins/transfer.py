@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Strategy
-from sslbench.registry import Entry, Registry
-from sslbench.strategies import check_transfer_pair, transfer_label
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Strategy
+from sslbench.contract.registry import Entry, Registry
+from sslbench.experiment.strategies import check_transfer_pair, transfer_label
 
 
 class Transfer(Strategy):

@@ -4,7 +4,7 @@ Both views through the backbone and an expander (projection head); the loss asks
 embeddings to agree (invariance), every dimension to keep a standard deviation of at least 1
 over the batch (variance) and the dimensions to be uncorrelated (covariance): no negatives,
 no momentum. From lightly: ``VICRegProjectionHead`` (3 layers) and ``VICRegLoss`` (weights
-25, 25, 1). Options: those of :class:`~sslbench.embedding.JointEmbedding` (``output_dim``
+25, 25, 1). Options: those of :class:`~sslbench.tasks.embedding.JointEmbedding` (``output_dim``
 512 here). Metric: ``retrieval`` and ``loss``.
 """
 
@@ -16,11 +16,11 @@ from lightly.loss import VICRegLoss
 from lightly.models.modules.heads import VICRegProjectionHead
 from torch import nn
 
-from sslbench.embedding import JointEmbedding
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Backbone
-from sslbench.pretexts import pretext_factory
-from sslbench.registry import Entry
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.networks import Backbone
+from sslbench.contract.registry import Entry
+from sslbench.tasks.embedding import JointEmbedding
+from sslbench.tasks.pretexts import pretext_entry
 
 
 class VICReg(JointEmbedding):
@@ -40,6 +40,6 @@ class VICReg(JointEmbedding):
 
 @hookimpl
 def sslbench_pretexts() -> list[Entry]:
-    return [Entry("vicreg", "VICReg: invariance, variance and covariance terms on two views (Bardes et al. 2022), "
-                  "lightly's expander and loss; options: layers, min_scale, cj_strength, hidden_dim, output_dim",
-                  pretext_factory(VICReg))]  # fmt: skip
+    return [pretext_entry(VICReg, "VICReg: invariance, variance and covariance terms on two views (Bardes et al. "
+                                  "2022), lightly's expander and loss; options: layers, min_scale, cj_strength, "
+                                  "hidden_dim, output_dim")]  # fmt: skip

@@ -1,5 +1,5 @@
 """``python -m sslbench``: the command line (also what ``torchrun -m sslbench`` launches)."""
 
-from sslbench.cli import main
+from sslbench.cli.main import main
 
 main()

@@ -1,6 +1,6 @@
 """Profiles: named starting points for a run config (``paper``, ``cpu``, ``demo``, ``smoke``).
 
-A profile overrides :class:`sslbench.config.RunConfig` defaults; every field can still be set
+A profile overrides :class:`sslbench.contract.config.RunConfig` defaults; every field can still be set
 with ``--set section.field=value``. README "Profiles" says what each is sized for.
 """
 
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sslbench.config import RunConfig, apply_overrides
-from sslbench.errors import ConfigError, did_you_mean
+from sslbench.contract.config import RunConfig
+from sslbench.contract.errors import ConfigError, did_you_mean
+from sslbench.overrides import apply_overrides
 
 #: the CPM entries of ``plugins/cpm.py``: the backbones the profiles size with ``width`` and ``norm``
 CPM_BACKBONES = ("cpm", "cpm3", "cpm4", "cpm5", "cpm6")

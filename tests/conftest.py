@@ -26,7 +26,7 @@ import pytest
 import scipy.io
 from PIL import Image, ImageDraw
 
-from sslbench.joints import NUM_JOINTS, SKELETON
+from sslbench.data.joints import NUM_JOINTS, SKELETON
 
 #: a standing person facing the camera, in (x, y) fractions of the image: its right side on the image left
 _TEMPLATE = np.array(
@@ -239,13 +239,13 @@ def make_mpii(tmp_path: Path, n: int = 12, *, name: str = "mpii", seed: int = 4)
 
 def smoke_pretraining(tmp_path: Path, plugin: object, pretext: object) -> dict:
     """Held-out metrics of a one-epoch smoke pretraining of *pretext* (from the module *plugin*) on 16
-    synthetic images at 32 px, through the cell's own pretraining path (sslbench.phases.pretrain)."""
+    synthetic images at 32 px, through the cell's own pretraining path (sslbench.experiment.phases.pretrain)."""
     from rich.console import Console
 
-    from sslbench.config import set_path
-    from sslbench.phases import pretrain
+    from sslbench.contract.registry import Registry
+    from sslbench.experiment.phases import pretrain
+    from sslbench.overrides import set_path
     from sslbench.profiles import profile_config
-    from sslbench.registry import Registry
     from sslbench_plugins import cpm, synthetic
 
     config = profile_config("smoke")

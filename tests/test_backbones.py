@@ -11,9 +11,9 @@ from safetensors.torch import save_file
 
 import sslbench_plugins.cpm as cpm_plugin
 import sslbench_plugins.timm_backbone as timm_plugin
-from sslbench.errors import CheckpointError, ConfigError
-from sslbench.interfaces import Backbone
-from sslbench.registry import PluginLoadWarning, Registry
+from sslbench.contract.errors import CheckpointError, ConfigError
+from sslbench.contract.networks import Backbone
+from sslbench.contract.registry import PluginLoadWarning, Registry
 from sslbench_plugins.cpm import CPM
 from sslbench_plugins.timm_backbone import TimmPose
 
@@ -147,7 +147,7 @@ def test_cpm_runs_with_channels_last_and_bf16_autocast() -> None:
 
 @pytest.mark.parametrize("input_size", [64, 128, 368])
 def test_cpm_default_centermap_is_the_one_samples_carry(input_size: int) -> None:
-    from sslbench.pipeline import centre_map_tensor
+    from sslbench.data.pipeline import centre_map_tensor
 
     model = CPM(15, stages=2, input_size=input_size, width=0.125)
     default = model.default_centermap(input_size, input_size, torch.device("cpu"), torch.float32)[0]

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sslbench import atomic
-from sslbench.cli import main
+from sslbench.cli.main import main
+from sslbench.training import atomic
 
 
 def invoke(*args: object):
@@ -115,7 +115,7 @@ def test_run_and_sweep_with_an_output_folder_under_a_file_fail_at_once(tmp_path,
 def _results(tmp_path: Path) -> Path:
     from test_report import make_record  # a complete record of the shape the runner writes
 
-    from sslbench.results import write_record
+    from sslbench.results.store import write_record
 
     results = tmp_path / "results" / "r"
     for seed in range(2):
@@ -174,21 +174,21 @@ def test_run_on_a_corrupt_image_hints_at_skip_bad_which_works(tmp_path):
 
 
 def test_help_lists_every_command_without_importing_torch():
-    code = "import sys; from sslbench.cli import main; main(['--help'])"
+    code = "import sys; from sslbench.cli.main import main; main(['--help'])"
     started = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code + "\n"], capture_output=True, text=True, timeout=60)
     seconds = time.perf_counter() - started
     assert out.returncode == 0, out.stderr
     for name in ("bench", "data", "evaluate", "plugins", "predict", "report", "run", "sweep"):
         assert f"  {name} " in out.stdout
-    probe = "import sys, sslbench.cli; print(sorted(m for m in ('torch', 'pandas', 'scipy') if m in sys.modules))"
+    probe = "import sys, sslbench.cli.main; print(sorted(m for m in ('torch', 'pandas', 'scipy') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60).stdout.strip()
     assert loaded == "[]"
     assert seconds < 30  # generous: the point is the imports above, not this machine's speed
 
 
 def test_lazy_command_help_texts_match_the_commands():
-    from sslbench.cli import LAZY_COMMANDS
+    from sslbench.cli.main import LAZY_COMMANDS
 
     group = main
     for name, (_, _, short) in LAZY_COMMANDS.items():
@@ -204,7 +204,7 @@ def test_plugins_table_never_cuts_a_provider():
 
 
 def test_omp_wait_policy_defaults_to_passive_and_a_user_setting_wins():
-    probe = "import os, sslbench.cli; print(os.environ['OMP_WAIT_POLICY'])"
+    probe = "import os, sslbench.cli.main; print(os.environ['OMP_WAIT_POLICY'])"
     env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
     default = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
     assert default.stdout.strip() == "PASSIVE"
@@ -214,8 +214,8 @@ def test_omp_wait_policy_defaults_to_passive_and_a_user_setting_wins():
 
 
 def test_an_error_from_a_loader_worker_is_shown_as_its_last_line():
-    from sslbench.cli import one_line
-    from sslbench.errors import DataError
+    from sslbench.cli.main import one_line
+    from sslbench.contract.errors import DataError
 
     wrapped = DataError(
         "Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"

@@ -10,7 +10,12 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from sslbench.bench import (
+from sslbench.cli.main import main
+from sslbench.contract.config import TrainSettings
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.interfaces import Geometry
+from sslbench.contract.registry import default_registry
+from sslbench.experiment.bench import (
     BASELINE,
     PROFILE,
     BenchPlan,
@@ -21,12 +26,7 @@ from sslbench.bench import (
     time_training,
     train_flops_per_image,
 )
-from sslbench.cli import main
-from sslbench.config import TrainSettings
-from sslbench.errors import ConfigError
-from sslbench.interfaces import Geometry
-from sslbench.pose import PoseTask
-from sslbench.registry import default_registry
+from sslbench.tasks.pose import PoseTask
 
 TINY = [
     "--profile", "smoke", "--threads", "1", "--steps", "2", "--rss-epochs", "2",
@@ -132,7 +132,7 @@ def test_variants_are_timed_side_by_side_with_their_own_settings():
 
 
 def test_emulated_bf16_is_skipped_not_timed(monkeypatch):
-    from sslbench.bench import measures
+    from sslbench.experiment.bench import measures
 
     monkeypatch.setattr(measures, "cpu_has_native_bf16", lambda: False)
     model = tiny_cpm(stages=1)

@@ -8,15 +8,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sslbench import runner
-from sslbench.cli_run import build_config
-from sslbench.config import RunConfig
+from sslbench.cli.run import build_config
+from sslbench.contract.config import RunConfig
+from sslbench.contract.registry import default_registry
+from sslbench.experiment import runner
+from sslbench.experiment.phases import pretext_cache_dir
 from sslbench.experiment.plan import expand
 from sslbench.experiment.spec import SweepSpec
-from sslbench.phases import pretext_cache_dir
+from sslbench.experiment.strategies import label
 from sslbench.profiles import profile_config
-from sslbench.registry import default_registry
-from sslbench.strategies import label
 from sslbench.training.device import resolve_precision
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -76,7 +76,7 @@ def test_pretext_options_off_their_default_name_another_cell_and_cache_entry(tmp
 
 
 def test_the_report_labels_a_spelled_out_pretext_default_like_the_default() -> None:
-    from sslbench.report.tables import _at_default
+    from sslbench.results.report.tables import _at_default
 
     row = pd.Series({"config.profile": "smoke", "config.backbone": "cpm6", "config.pretext": "rotation",
                      "config.pretext_options.augment": True})  # fmt: skip
@@ -195,8 +195,8 @@ def cpu_record(seed: int, precision: str, pck: float, pretext: str = "none", pol
 
 
 def test_legacy_auto_loads_as_fp32_and_the_report_keeps_bf16_cells_apart(tmp_path: Path) -> None:
-    from sslbench.report import build_report, render
-    from sslbench.results import load_results, write_record
+    from sslbench.results.report import build_report, render
+    from sslbench.results.store import load_results, write_record
 
     records = [cpu_record(0, "auto", 50.0), cpu_record(1, "auto", 52.0), cpu_record(2, "fp32", 54.0),
                cpu_record(0, "bf16", 40.0), cpu_record(1, "bf16", 42.0),
@@ -215,7 +215,7 @@ def test_legacy_auto_loads_as_fp32_and_the_report_keeps_bf16_cells_apart(tmp_pat
 
 
 def test_one_did_you_mean_helper_names_the_closest_names() -> None:
-    from sslbench.errors import did_you_mean
+    from sslbench.contract.errors import did_you_mean
 
     assert did_you_mean("cmp6", ["cpm6", "timm"]) == " Did you mean 'cpm6'?"
     several = did_you_mean("resnet", ["resnet18", "resnet50", "vit"], n=3)

@@ -10,18 +10,18 @@ import safetensors
 import torch
 from torch import nn
 
-from sslbench import atomic
-from sslbench.checkpoint import (
+from sslbench.contract.errors import CheckpointError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.networks import Backbone, LayerGroup
+from sslbench.contract.registry import Entry, Registry
+from sslbench.training import atomic
+from sslbench.training.checkpoint import (
     build_model,
     checkpoint_paths,
     load_checkpoint,
     load_weights,
     save_checkpoint,
 )
-from sslbench.errors import CheckpointError
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Backbone, LayerGroup
-from sslbench.registry import Entry, Registry
 
 
 class TinyNet(Backbone):

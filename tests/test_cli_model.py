@@ -14,16 +14,16 @@ from PIL import Image
 from rich.console import Console
 from torch import nn
 
-import sslbench.cli_model as cli_model
+import sslbench.cli.model as cli_model
 import sslbench_plugins.lsp as lsp_plugin
-from sslbench.checkpoint import save_checkpoint
-from sslbench.cli import main
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Backbone, LayerGroup
-from sslbench.joints import JOINT_NAMES, NUM_JOINTS
-from sslbench.pipeline import box_square, centre_square, crop_matrix, gaussian_maps, map_to_input, with_background
-from sslbench.pose import PoseTask
-from sslbench.registry import Entry, Registry
+from sslbench.cli.main import main
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.networks import Backbone, LayerGroup
+from sslbench.contract.registry import Entry, Registry
+from sslbench.data.joints import JOINT_NAMES, NUM_JOINTS
+from sslbench.data.pipeline import box_square, centre_square, crop_matrix, gaussian_maps, map_to_input, with_background
+from sslbench.tasks.pose import PoseTask
+from sslbench.training.checkpoint import save_checkpoint
 
 
 class TinyNet(Backbone):
@@ -293,17 +293,17 @@ def test_print_metrics_accepts_a_run_record(tmp_path):
 
 
 def test_evaluate_caps_loader_workers_at_the_cores_with_a_warning(tiny_checkpoint, lsp_root, monkeypatch):
-    import sslbench.data
+    import sslbench.data.loaders
 
-    monkeypatch.setattr(sslbench.data, "available_cores", lambda: 2)
+    monkeypatch.setattr(sslbench.data.loaders, "available_cores", lambda: 2)
     started = []
-    real = sslbench.data.DataLoader
+    real = sslbench.data.loaders.DataLoader
 
     def loader(*args, **kwargs):
         started.append(kwargs.get("num_workers"))
         return real(*args, **{**kwargs, "num_workers": 0})  # run in-process: the count is what is checked
 
-    monkeypatch.setattr(sslbench.data, "DataLoader", loader)
+    monkeypatch.setattr(sslbench.data.loaders, "DataLoader", loader)
     result = invoke("evaluate", "--checkpoint", tiny_checkpoint, "--data", "lsp", "--root", lsp_root, "--workers", "100")
     assert result.exit_code == 0, result.output
     assert "warning: --workers 100: this machine has 2 core(s)" in result.output

@@ -20,12 +20,14 @@ from click.testing import CliRunner
 from conftest import make_folder, make_lsp, make_lspet, truncate
 from PIL import Image
 
-from sslbench import cli_data, download, drawing, verify
-from sslbench.cli import main
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Geometry, Metric, Pretext, SampleKey
-from sslbench.pipeline import to_tensor
-from sslbench.registry import Entry, Registry
+from sslbench.cli import data as cli_data
+from sslbench.cli.main import main
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Geometry, Metric, Pretext, SampleKey
+from sslbench.contract.registry import Entry, Registry
+from sslbench.data import download, verify
+from sslbench.data.pipeline import to_tensor
+from sslbench.results import drawing
 from sslbench_plugins import folder, lsp, lspet
 
 
@@ -148,8 +150,8 @@ def test_preview_lsp_writes_a_grid_of_pose_samples(lsp_root, tmp_path):
 
 def test_pose_tile_draws_left_limbs_blue_and_right_limbs_red_after_a_flip(lsp_root):
     """A frontal person has its right side on the image left; a mirrored sample keeps that."""
-    from sslbench.pipeline import Augment
-    from sslbench.pose import PoseTask
+    from sslbench.data.pipeline import Augment
+    from sslbench.tasks.pose import PoseTask
 
     data = lsp.LSP.create(root=lsp_root)
     task = PoseTask(augment=Augment(rotation=0.0, scale=(1.0, 1.0), flip=True))

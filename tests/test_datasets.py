@@ -12,9 +12,9 @@ import scipy.io
 from conftest import make_folder, make_lsp, make_lspet, truncate
 from PIL import Image, ImageFile
 
-from sslbench.errors import ConfigError, DataError
-from sslbench.imageio import DataWarning, ImageCache, read_image, unlabelled_val_count
-from sslbench.registry import Registry
+from sslbench.contract.errors import ConfigError, DataError
+from sslbench.contract.registry import Registry
+from sslbench.data.imageio import DataWarning, ImageCache, read_image, unlabelled_val_count
 from sslbench_plugins import folder, lsp, lspet
 from sslbench_plugins.folder import ImageFolder
 from sslbench_plugins.lsp import LSP

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from sslbench import distributed
-from sslbench.config import set_path
-from sslbench.errors import ConfigError
+from sslbench.contract.errors import ConfigError
+from sslbench.experiment.runner import run_cell
+from sslbench.overrides import set_path
 from sslbench.profiles import profile_config
-from sslbench.results import write_record
-from sslbench.runner import run_cell
+from sslbench.results.store import write_record
+from sslbench.training import distributed
 from sslbench.training.epoch_log import read_jsonl
 
 TINY = [

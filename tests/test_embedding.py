@@ -18,15 +18,15 @@ import sslbench_plugins.lspet as lspet_plugin
 import sslbench_plugins.moco as moco_plugin
 import sslbench_plugins.simclr as simclr_plugin
 import sslbench_plugins.vicreg as vicreg_plugin
-from sslbench import parts
-from sslbench.checkpoint import load_checkpoint
-from sslbench.config import TrainSettings
-from sslbench.data import TaskDataset
-from sslbench.embedding import TwoViews, crop_affine, feature_grid
-from sslbench.errors import ConfigError
-from sslbench.interfaces import Geometry, SampleKey
-from sslbench.pipeline import to_image, transform_points, warp
-from sslbench.registry import Registry
+from sslbench.contract.config import TrainSettings
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.interfaces import Geometry, SampleKey
+from sslbench.contract.registry import Registry
+from sslbench.data.loaders import TaskDataset
+from sslbench.data.pipeline import to_image, transform_points, warp
+from sslbench.tasks.embedding import TwoViews, crop_affine, feature_grid
+from sslbench.training import parts
+from sslbench.training.checkpoint import load_checkpoint
 from sslbench.training.loop import fit
 from sslbench_plugins.densecl import matched_keys
 
@@ -201,7 +201,7 @@ def test_a_task_with_parts_refuses_distributed_training(registry):
 
 
 def test_restoring_parts_of_another_shape_is_a_checkpoint_error(registry):
-    from sslbench.errors import CheckpointError
+    from sslbench.contract.errors import CheckpointError
 
     task = registry.create("pretext", "simclr", "--pretext")
     model = registry.create("backbone", "cpm", "--backbone", num_outputs=task.num_outputs, **TINY)
@@ -226,7 +226,7 @@ def test_dense_matching_samples_the_key_map_where_view_0_cells_land():
 
 
 def test_retrieval_counts_pairs_found_by_their_own_view_and_skips_single_images(registry):
-    from sslbench.embedding import RetrievalMetric
+    from sslbench.tasks.embedding import RetrievalMetric
 
     class Scored:  # the metric needs only the task's loss
         def loss(self, outputs, batch):

@@ -10,11 +10,11 @@ import torch
 from conftest import smoke_pretraining
 from torch.utils.data import default_collate
 
-from sslbench.errors import CheckpointError, ConfigError
-from sslbench.interfaces import Geometry, SampleKey
-from sslbench.pipeline import crop_matrix, transform_points
-from sslbench.registry import Registry
-from sslbench.transfer import transfer
+from sslbench.contract.errors import CheckpointError, ConfigError
+from sslbench.contract.interfaces import Geometry, SampleKey
+from sslbench.contract.registry import Registry
+from sslbench.data.pipeline import crop_matrix, transform_points
+from sslbench.experiment.transfer import transfer
 from sslbench_plugins import cpm, equivariance, policies
 from sslbench_plugins.equivariance import Equivariance, soft_landmarks
 
@@ -145,7 +145,7 @@ def test_all_with_adapters_refuses_a_pretext_of_another_shape_and_changes_nothin
 
 
 def test_the_equivariance_pretext_has_the_pose_tasks_shape_by_default():
-    from sslbench.pose import PoseTask
+    from sslbench.tasks.pose import PoseTask
 
     assert Equivariance().num_outputs == PoseTask().num_outputs
     batch = default_collate([Equivariance().make_sample(np.zeros((40, 50, 3), np.uint8), None, SampleKey(0, 0), True,

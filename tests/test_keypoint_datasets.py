@@ -15,17 +15,17 @@ from click.testing import CliRunner
 from conftest import make_coco, make_mpii
 from torch.utils.data import default_collate
 
-from sslbench import joints as lsp_joints
-from sslbench.cli import main
-from sslbench.data import TaskDataset
-from sslbench.errors import DataError
-from sslbench.interfaces import Geometry, SampleKey
-from sslbench.metrics import normalisers, pck, per_part, skeleton_metrics
-from sslbench.oks import oks_metrics
-from sslbench.pipeline import Augment
-from sslbench.pose import PoseTask
-from sslbench.semi import MaskedPoseTask, pose_task_for
-from sslbench.skeleton import LSP, Skeleton
+from sslbench.cli.main import main
+from sslbench.contract.errors import DataError
+from sslbench.contract.interfaces import Geometry, SampleKey
+from sslbench.contract.skeleton import LSP, Skeleton
+from sslbench.data import joints as lsp_joints
+from sslbench.data.loaders import TaskDataset
+from sslbench.data.pipeline import Augment
+from sslbench.tasks.metrics import normalisers, pck, per_part, skeleton_metrics
+from sslbench.tasks.oks import oks_metrics
+from sslbench.tasks.pose import PoseTask
+from sslbench.tasks.semi import MaskedPoseTask, pose_task_for
 from sslbench_plugins.coco import COCO_KEYPOINTS, COCOKeypoints
 from sslbench_plugins.mpii import ANNOTATION_FILE, MPII_SKELETON, MPIIHumanPose
 
@@ -287,7 +287,7 @@ def test_data_verify_and_preview_work_on_both(tmp_path, maker, name):
 @pytest.mark.slow
 def test_a_smoke_run_on_coco_records_oks_and_its_skeleton_columns(coco_root, tmp_path):
     """Rotation pretraining on the person crops of the same files (keypoints ignored), transferred, then pose."""
-    from sslbench.results import load_results
+    from sslbench.results.store import load_results
 
     result = run("run", "--profile", "smoke", "--data", "coco", "--root", coco_root, "--train-size", "8",
                  "--pretext", "rotation", "--policy", "first+middle", "--pretext-data", "coco", "--pretext-root", coco_root,
@@ -332,7 +332,7 @@ def test_a_smoke_run_on_coco_records_oks_and_its_skeleton_columns(coco_root, tmp
 
 
 def _tiny_cpm(num_outputs: int):
-    from sslbench.registry import default_registry
+    from sslbench.contract.registry import default_registry
 
     torch.manual_seed(0)
     return default_registry().create(
@@ -343,11 +343,11 @@ def _tiny_cpm(num_outputs: int):
 @pytest.mark.slow
 def test_a_coco_pose_network_transfers_into_an_lsp_one_but_its_adapters(coco_root, lsp_root, tmp_path, one_thread):
     """17 + 1 maps to 14 + 1: every layer group is copied, only the task adapters differ (and train afresh)."""
-    from sslbench.config import TrainSettings
-    from sslbench.registry import default_registry
+    from sslbench.contract.config import TrainSettings
+    from sslbench.contract.registry import default_registry
+    from sslbench.experiment.transfer import transfer
     from sslbench.training.loop import fit
     from sslbench.training.steps import evaluate
-    from sslbench.transfer import transfer
     from sslbench_plugins.lsp import LSP as LSPDataset
 
     settings = TrainSettings(epochs=1, batch_size=8, num_workers=0, device="cpu", precision="fp32", tensorboard=False)
@@ -373,7 +373,7 @@ def test_a_coco_pose_network_transfers_into_an_lsp_one_but_its_adapters(coco_roo
 
 
 def _tiny_fit(root: Path, run_dir: Path, **settings):
-    from sslbench.config import TrainSettings
+    from sslbench.contract.config import TrainSettings
     from sslbench.training.loop import fit
 
     data = COCOKeypoints.create(root=root)
@@ -405,7 +405,7 @@ def test_fit_writes_tensorboard_curves_beside_metrics_jsonl_unless_turned_off(co
 
 
 def test_the_tensorboard_setting_is_not_part_of_cell_ids_or_pretext_keys():
-    from sslbench.config import RunConfig, TrainSettings, config_hash
+    from sslbench.contract.config import RunConfig, TrainSettings, config_hash
 
     on = RunConfig(pretext="rotation", policy="all")
     off = RunConfig(pretext="rotation", policy="all", pretrain=TrainSettings(tensorboard=False),
@@ -416,7 +416,7 @@ def test_the_tensorboard_setting_is_not_part_of_cell_ids_or_pretext_keys():
 def test_without_tensorboard_installed_a_run_says_so_once_and_trains_on(monkeypatch, tmp_path):
     import builtins
 
-    from sslbench import live_curves
+    from sslbench.training import live_curves
 
     real_import = builtins.__import__
 

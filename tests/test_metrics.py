@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sslbench.joints import NUM_JOINTS
-from sslbench.metrics import auc, joint_distances, pck, pck_curve, pck_per_joint, per_part, torso_sizes
+from sslbench.data.joints import NUM_JOINTS
+from sslbench.tasks.metrics import auc, joint_distances, pck, pck_curve, pck_per_joint, per_part, torso_sizes
 
 
 def test_pck_counts_joints_within_threshold_times_torso():

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from sslbench.errors import ConfigError
-from sslbench.hookspecs import hookimpl
-from sslbench.registry import KINDS, Entry, Registry
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.registry import KINDS, Entry, Registry
 
 THIRD_PARTY_PLUGIN = '''
-from sslbench.hookspecs import hookimpl
-from sslbench.registry import Entry
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.registry import Entry
 from sslbench_plugins.policies import FirstMiddlePolicy
 
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from sslbench.errors import ConfigError, DataError
-from sslbench.interfaces import Geometry, SampleKey
-from sslbench.joints import FLIP_INDEX, JOINT_NAMES, NUM_JOINTS
-from sslbench.pipeline import Augment, centre_map, gaussian_maps, input_to_map, transform_points, with_background
-from sslbench.pose import REFERENCE_SCALE, PoseTask, decode_joints
+from sslbench.contract.errors import ConfigError, DataError
+from sslbench.contract.interfaces import Geometry, SampleKey
+from sslbench.data.joints import FLIP_INDEX, JOINT_NAMES, NUM_JOINTS
+from sslbench.data.pipeline import Augment, centre_map, gaussian_maps, input_to_map, transform_points, with_background
+from sslbench.tasks.pose import REFERENCE_SCALE, PoseTask, decode_joints
 
 GEOMETRY = Geometry(input_size=128, stride=8)
 

@@ -17,13 +17,13 @@ import sslbench_plugins.jigsaw_heatmap as jigsaw_heatmap_plugin
 import sslbench_plugins.rotation as rotation_plugin
 import sslbench_plugins.spark as spark_plugin
 import sslbench_plugins.supervised as supervised_plugin
-from sslbench import jigsaw
-from sslbench.cli import main
-from sslbench.errors import ConfigError, DataError
-from sslbench.interfaces import Geometry, SampleKey
-from sslbench.pipeline import to_tensor
-from sslbench.pretexts import square_view
-from sslbench.registry import Registry
+from sslbench.cli.main import main
+from sslbench.contract.errors import ConfigError, DataError
+from sslbench.contract.interfaces import Geometry, SampleKey
+from sslbench.contract.registry import Registry
+from sslbench.data.pipeline import to_tensor
+from sslbench.tasks import jigsaw
+from sslbench.tasks.pretexts import KitPretext, option_names, square_view
 from sslbench_plugins.inpaint import Inpaint
 from sslbench_plugins.jigsaw_ce import JigsawCE
 from sslbench_plugins.jigsaw_heatmap import JigsawHeatmap
@@ -470,7 +470,7 @@ def test_none_pretext_does_not_train(registry):
     with pytest.raises(ConfigError, match="does not train"):
         none.make_sample(photo(), None, SampleKey(0, 0), True, SMALL)
     with pytest.raises(ConfigError, match="does not train"):
-        none.num_outputs
+        _ = none.num_outputs
 
 
 def test_registered_pretexts_and_policies_appear_in_sslbench_plugins():
@@ -481,3 +481,26 @@ def test_registered_pretexts_and_policies_appear_in_sslbench_plugins():
         assert ("pretext", name) in listed
     for name in ("all", "all+adapters", "first", "first+middle", "none"):
         assert ("policy", name) in listed
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("rotation", {"augment": False}),
+        ("equivariance", {"landmarks": 9, "separation_sigma": 2.0}),
+        ("spark", {"mask_ratio": 0.5, "norm_target": False}),
+        ("inpaint", {"grid": 2, "loss_scale": "sum"}),
+        ("jigsaw-ce", {"head": "permutation"}),
+        ("jigsaw-heatmap", {"sigma": 2.0, "permutations": "set:30"}),
+    ],
+)
+def test_a_kit_pretexts_config_lists_every_option_in_order_and_rebuilds_it(
+    registry: Registry, name: str, options: dict
+) -> None:
+    task = registry.create("pretext", name, **options)
+    config = task.config()
+    assert isinstance(task, KitPretext)
+    assert list(config) == ["name", *option_names(type(task))]
+    assert config["name"] == name and all(config[key] == value for key, value in options.items())
+    rebuilt = registry.create("pretext", name, **{key: value for key, value in config.items() if key != "name"})
+    assert rebuilt.config() == config

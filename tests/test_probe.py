@@ -1,4 +1,4 @@
-"""The linear probe (sslbench.probe, `sslbench probe`): known answers, test images never read, errors."""
+"""The linear probe (sslbench.experiment.probe, `sslbench probe`): known answers, test images never read, errors."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from conftest import make_lsp
 from PIL import Image, ImageDraw
 from torch import nn
 
-from sslbench.cli import main
-from sslbench.config import set_path
-from sslbench.errors import ConfigError
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Backbone, ImageDataset, LayerGroup, Splits
-from sslbench.joints import NUM_JOINTS
-from sslbench.probe import (
+from sslbench.cli.main import main
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import ImageDataset, Splits
+from sslbench.contract.networks import Backbone, LayerGroup
+from sslbench.contract.registry import Entry, Registry
+from sslbench.data.joints import NUM_JOINTS
+from sslbench.experiment.probe import (
     BACKGROUND,
     ProbeSettings,
     fit_probe,
@@ -31,8 +32,8 @@ from sslbench.probe import (
     sample_points,
     spearman,
 )
+from sslbench.overrides import set_path
 from sslbench.profiles import profile_config
-from sslbench.registry import Entry, Registry
 from sslbench_plugins import cpm, lsp, policies, rotation, supervised
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ class GreyLevels(nn.Module):
     """One-hot of the grey level (16 bins) of every pixel: features that name the joint drawn there."""
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        from sslbench.pipeline import MEAN, STD
+        from sslbench.data.pipeline import MEAN, STD
 
         grey = image[:, :1] * float(STD[0]) + float(MEAN[0])
         level = torch.round(grey / 16).clamp(0, 15).long()[:, 0]
@@ -171,7 +172,7 @@ def test_features_that_name_the_joint_score_near_100_and_random_ones_near_chance
 
 
 def test_background_points_keep_their_distance_and_are_reproducible(discs):
-    from sslbench.probe import background_points
+    from sslbench.experiment.probe import background_points
 
     joints = np.array([[10.0, 10.0], [50.0, 50.0]])
     a = background_points(joints, SIZE, 50, 0.2, np.random.default_rng(3))

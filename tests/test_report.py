@@ -15,17 +15,17 @@ from click.testing import CliRunner
 from PIL import Image
 from scipy import stats
 
-from sslbench.config import RunConfig
-from sslbench.errors import ConfigError
-from sslbench.joints import JOINT_NAMES, PARTS
+from sslbench.contract.config import RunConfig
+from sslbench.contract.errors import ConfigError
+from sslbench.data.joints import JOINT_NAMES, PARTS
+from sslbench.experiment.strategies import transfer_label
 from sslbench.profiles import profile_config
-from sslbench.report import build_report, render, write_plots
-from sslbench.report.formats import compute_hours
-from sslbench.report.plots import resolve_cells
-from sslbench.report.statistics import mean_ci, paired_difference
-from sslbench.report.tables import views
-from sslbench.results import load_results, write_record
-from sslbench.strategies import transfer_label
+from sslbench.results.report import build_report, render, write_plots
+from sslbench.results.report.formats import compute_hours
+from sslbench.results.report.plots import resolve_cells
+from sslbench.results.report.statistics import mean_ci, paired_difference
+from sslbench.results.report.tables import views
+from sslbench.results.store import load_results, write_record
 
 
 def make_record(tmp_path: Path, strategy: str, seed: int, pck: float, train_size: int = 100, backbone: str = "cpm6",
@@ -312,7 +312,7 @@ def test_old_records_without_parts_or_curves_still_report(tmp_path: Path) -> Non
 
 
 def cli_group() -> Any:
-    from sslbench.cli import main
+    from sslbench.cli.main import main
 
     return main
 

@@ -15,11 +15,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from sslbench.config import RunConfig
-from sslbench.errors import DataError
-from sslbench.joints import JOINT_NAMES, PARTS
-from sslbench.results import ResultsStore, load_results, read_record, write_record
-from sslbench.strategies import transfer_label
+from sslbench.contract.config import RunConfig
+from sslbench.contract.errors import DataError
+from sslbench.data.joints import JOINT_NAMES, PARTS
+from sslbench.experiment.strategies import transfer_label
+from sslbench.results.store import ResultsStore, load_results, read_record, write_record
 
 
 def record(seed: int = 0, pretext: str = "none", policy: str = "none", freeze: bool = False, pck: float = 60.0,
@@ -94,7 +94,7 @@ def test_leftover_temp_file_and_truncated_record_are_skipped_with_warnings(tmp_p
 WRITER = textwrap.dedent(
     """
     import sys
-    from sslbench.results import ResultsStore
+    from sslbench.results.store import ResultsStore
     store = ResultsStore(sys.argv[1])
     prefix, count, padding = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     for i in range(count):

@@ -15,12 +15,12 @@ from test_checkpoint import TinyNet, TinyPlugin
 from test_report import make_record
 from torch import nn
 
-from sslbench.checkpoint import build_model, load_checkpoint, load_weights, save_checkpoint
-from sslbench.cli import main
-from sslbench.errors import CheckpointError
-from sslbench.hookspecs import hookimpl
-from sslbench.registry import Entry, Registry
-from sslbench.results import load_results, write_record
+from sslbench.cli.main import main
+from sslbench.contract.errors import CheckpointError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.registry import Entry, Registry
+from sslbench.results.store import load_results, write_record
+from sslbench.training.checkpoint import build_model, load_checkpoint, load_weights, save_checkpoint
 
 
 class Warnings(list):
@@ -35,7 +35,7 @@ class Warnings(list):
 def test_truncated_result_json_of_a_run_is_recomputed_not_fatal(tmp_path):
     from test_runner import tiny_config
 
-    from sslbench.runner import run_cell
+    from sslbench.experiment.runner import run_cell
 
     config = tiny_config()
     first = run_cell(config, tmp_path)
@@ -70,7 +70,7 @@ def test_record_with_a_non_numeric_metric_is_skipped_with_a_warning_naming_it(tm
 
 
 def test_stale_temporary_files_of_killed_writes_are_removed_once(tmp_path):
-    from sslbench.results import STALE_TEMP_S
+    from sslbench.results.store import STALE_TEMP_S
 
     results = tmp_path / "results"
     write_record(results, make_record(tmp_path, "supervised", 0, 50.0))
@@ -116,7 +116,7 @@ def test_schema_warnings_name_newer_older_and_unknown_writers_correctly(tmp_path
 
 
 def test_curves_leave_the_report_loss_and_its_stages_off_the_loss_axis():
-    from sslbench.report.plots import curve_columns
+    from sslbench.results.report.plots import curve_columns
 
     curves = pd.DataFrame([
         {"epoch": 1, "train_loss": 0.05, "val.loss": 0.06, "val.report_loss": 1700.0, "val.report_loss.stage1": 1300.0,

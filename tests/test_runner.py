@@ -9,13 +9,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sslbench import runner, strategies
-from sslbench.checkpoint import load_checkpoint
-from sslbench.cli import main
-from sslbench.config import LATER_FIELDS, RunConfig, config_hash, set_path
-from sslbench.errors import ConfigError
+from sslbench.cli.main import main
+from sslbench.contract.config import LATER_FIELDS, RunConfig, config_hash
+from sslbench.contract.errors import ConfigError
+from sslbench.experiment import runner, strategies
+from sslbench.experiment.runner import run_cell
+from sslbench.overrides import set_path
 from sslbench.profiles import profile_config
-from sslbench.runner import run_cell
+from sslbench.training.checkpoint import load_checkpoint
 from sslbench.training.device import resolve_precision
 from sslbench_plugins.synthetic import RENDER_VERSION
 

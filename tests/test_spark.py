@@ -10,8 +10,8 @@ import torch
 from conftest import smoke_pretraining
 from torch.utils.data import default_collate
 
-from sslbench.errors import ConfigError
-from sslbench.interfaces import Geometry, SampleKey
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.interfaces import Geometry, SampleKey
 from sslbench_plugins import cpm, spark
 from sslbench_plugins.spark import SparK, masked_forward, visible_at
 

@@ -13,15 +13,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from sslbench.cli import main
-from sslbench.config import RunConfig, set_path
-from sslbench.errors import ConfigError
-from sslbench.phases import build_backbone
+from sslbench.cli.main import main
+from sslbench.contract.config import RunConfig
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.registry import default_registry
+from sslbench.experiment.phases import build_backbone
+from sslbench.experiment.runner import run_cell
+from sslbench.experiment.strategies import label, strategy_of
+from sslbench.overrides import set_path
 from sslbench.profiles import profile_config
-from sslbench.registry import default_registry
-from sslbench.runner import run_cell
-from sslbench.semi import MaskedPoseTask
-from sslbench.strategies import label, strategy_of
+from sslbench.tasks.semi import MaskedPoseTask
 from sslbench.training.device import resolve_precision
 from sslbench_plugins.consistency import map_affine
 
@@ -36,10 +37,10 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from sslbench.errors import ConfigError
-from sslbench.hookspecs import hookimpl
-from sslbench.interfaces import Strategy
-from sslbench.registry import Entry
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.interfaces import Strategy
+from sslbench.contract.registry import Entry
 
 
 class InitFile(Strategy):
@@ -183,7 +184,7 @@ def test_masked_pose_loss_leaves_out_unknown_joints_and_equals_the_pose_loss_whe
 
 
 def test_the_map_affine_moves_a_point_of_the_easy_view_onto_the_hard_view():
-    from sslbench.pipeline import crop_matrix, input_to_map, transform_points
+    from sslbench.data.pipeline import crop_matrix, input_to_map, transform_points
 
     easy = crop_matrix((50.0, 60.0), 100.0, 32)
     hard = crop_matrix((50.0, 60.0), 100.0, 32, rotation=30.0, scale=1.2, flip=True)
@@ -276,8 +277,8 @@ def test_easy_view_maps_moved_by_the_affine_land_on_the_hard_view_maps(flip: boo
     peak where the hard view's own maps of the same joints peak."""
     import torch.nn.functional as F
 
-    from sslbench.joints import FLIP_INDEX, NUM_JOINTS
-    from sslbench.pipeline import (
+    from sslbench.data.joints import FLIP_INDEX, NUM_JOINTS
+    from sslbench.data.pipeline import (
         crop_matrix,
         gaussian_maps,
         input_to_map,
@@ -314,8 +315,8 @@ def test_easy_view_maps_moved_by_the_affine_land_on_the_hard_view_maps(flip: boo
 
 
 def test_peak_targets_put_a_labelled_style_gaussian_where_the_easy_view_sees_a_confident_joint():
-    from sslbench.joints import FLIP_INDEX, NUM_JOINTS
-    from sslbench.pipeline import crop_matrix, gaussian_maps, with_background
+    from sslbench.data.joints import FLIP_INDEX, NUM_JOINTS
+    from sslbench.data.pipeline import crop_matrix, gaussian_maps, with_background
     from sslbench_plugins.consistency import ConsistencyTask
 
     task = ConsistencyTask({"threshold": 0.5, "targets": "peaks", "weight": 1.0, "rampup": 0}, sigma=1.0)

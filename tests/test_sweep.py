@@ -15,18 +15,18 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-import sslbench.cli_sweep
-from sslbench.config import RunConfig, config_hash
-from sslbench.errors import ConfigError
+import sslbench.cli.sweep
+from sslbench.contract.config import RunConfig, config_hash
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.hookspecs import hookimpl
+from sslbench.contract.registry import Entry, Registry
+from sslbench.data.joints import JOINT_NAMES, PARTS
 from sslbench.experiment.estimate import Estimator, cached_pretrainings
 from sslbench.experiment.executor import execute_cell, next_cell, run_sweep, worker_threads
 from sslbench.experiment.plan import Cell, Plan, expand, parse_shard, shard_cells, split_policy
 from sslbench.experiment.spec import SPEC_KEYS, SweepSpec, find_line, load_spec
-from sslbench.hookspecs import hookimpl
-from sslbench.joints import JOINT_NAMES, PARTS
-from sslbench.registry import Entry, Registry
-from sslbench.results import ResultsStore, load_results, write_record
-from sslbench.strategies import transfer_label
+from sslbench.experiment.strategies import transfer_label
+from sslbench.results.store import ResultsStore, load_results, write_record
 from sslbench_plugins import supervised as supervised_plugin
 from sslbench_plugins import transfer as transfer_plugin
 
@@ -40,8 +40,9 @@ def _plugin_classes() -> tuple[type, type]:
     import numpy as np
     from torch import nn
 
-    from sslbench.interfaces import Backbone, ImageDataset, LayerGroup
-    from sslbench.splits import train_val_test
+    from sslbench.contract.interfaces import ImageDataset
+    from sslbench.contract.networks import Backbone, LayerGroup
+    from sslbench.data.splits import train_val_test
 
     class TinyNet(Backbone):
         """One strided conv: enough to time training steps in microseconds."""
@@ -492,7 +493,7 @@ def test_parallel_workers_run_each_cell_once_and_record_crashes(tmp_path: Path, 
 def test_sigterm_stops_a_parallel_sweep_and_its_workers_without_recording_a_failure(
     tmp_path: Path, registry: Registry
 ) -> None:
-    from sslbench.cli import Terminated, sigterm_as_interrupt
+    from sslbench.cli.main import Terminated, sigterm_as_interrupt
 
     cell = plan_of(tmp_path, registry).cells[0]
     doomed = Cell.of(
@@ -542,7 +543,7 @@ def test_estimate_times_real_steps_without_records(tmp_path: Path, registry: Reg
 
 
 def test_estimate_charges_nothing_for_a_cached_pretraining(tmp_path: Path, registry: Registry) -> None:
-    from sslbench.phases import pretext_cache_dir
+    from sslbench.experiment.phases import pretext_cache_dir
 
     cells = plan_of(tmp_path, registry).cells
     group = next(iter(Plan("t", cells).pretrainings().values()))
@@ -565,14 +566,14 @@ def test_estimate_charges_nothing_for_a_cached_pretraining(tmp_path: Path, regis
 
 def cli_group() -> Any:
     """The CLI group, imported late (other commands pull in torch)."""
-    from sslbench.cli import main
+    from sslbench.cli.main import main
 
     return main
 
 
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, registry: Registry, tmp_path: Path) -> CliRunner:
-    monkeypatch.setattr(sslbench.cli_sweep, "default_registry", lambda: registry)
+    monkeypatch.setattr(sslbench.cli.sweep, "default_registry", lambda: registry)
     monkeypatch.setattr("sslbench.experiment.executor._default_runner", lambda: CountingRunner(fail_seeds={5}))
     monkeypatch.chdir(tmp_path)
     return CliRunner()
@@ -655,9 +656,9 @@ def test_cli_bad_input_is_one_line_exit_2(cli: CliRunner, tmp_path: Path) -> Non
 
 
 def test_report_formats_match_the_cli_choices() -> None:
-    from sslbench.report import FORMATS
+    from sslbench.results.report import FORMATS
 
-    assert sslbench.cli_sweep.REPORT_FORMATS == FORMATS
+    assert sslbench.cli.sweep.REPORT_FORMATS == FORMATS
 
 
 def test_rows_key_keeps_only_the_listed_cells(tmp_path: Path, registry: Registry) -> None:
@@ -718,8 +719,8 @@ def test_sweep_prints_plain_progress_lines_with_cells_left_and_an_eta_without_a_
 
 
 def test_demo_spec_compares_three_seeds_of_two_strategies_at_the_demo_profile():
+    from sslbench.experiment.strategies import label
     from sslbench.profiles import PROFILES
-    from sslbench.strategies import label
 
     registry = default_registry_for_demo()
     plan = expand(load_spec(Path(__file__).parent.parent / "benchmarks" / "demo.toml"), registry)
@@ -732,7 +733,7 @@ def test_demo_spec_compares_three_seeds_of_two_strategies_at_the_demo_profile():
 
 
 def default_registry_for_demo():
-    from sslbench.registry import default_registry
+    from sslbench.contract.registry import default_registry
 
     return default_registry()
 
@@ -741,7 +742,7 @@ def default_registry_for_demo():
     "spelling, frozen", [("first:freeze", True), ("first:frozen", True), ("first:fine-tune", False), ("first", False)]
 )
 def test_sweep_policies_accept_every_spelling_run_accepts(spelling: str, frozen: bool, registry: Registry) -> None:
-    from sslbench.transfer import parse_policy
+    from sslbench.experiment.transfer import parse_policy
 
     assert split_policy(spelling) == parse_policy(spelling) == ("first", frozen)
     plan = expand(SweepSpec(pretexts=["rotation"], policies=[spelling]), registry)
@@ -754,7 +755,7 @@ def test_a_sweep_policy_of_an_unknown_mode_names_the_option(registry: Registry) 
 
 
 def test_a_command_line_set_wins_over_the_specs_option_tables(tmp_path: Path, registry: Registry) -> None:
-    from sslbench.cli_sweep import build_spec
+    from sslbench.cli.sweep import build_spec
 
     path = tmp_path / "spec.toml"
     path.write_text(SPEC)  # [pretext_options.rotation] augment = false

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-import sslbench_plugins.synthetic as synthetic
-from sslbench.errors import ConfigError, DataError
-from sslbench.registry import Registry
-from sslbench_plugins.synthetic import MAX_SIDE, MIN_SIDE, SyntheticPeople, render_person
+from sslbench.contract.errors import ConfigError, DataError
+from sslbench.contract.registry import Registry
+from sslbench_plugins import synthetic
+from sslbench_plugins.synthetic import RENDER_VERSION, SyntheticPeople, render_person
+from sslbench_plugins.synthetic_people import render
+from sslbench_plugins.synthetic_people.appearance import MAX_SIDE, MIN_SIDE
+from sslbench_plugins.synthetic_people.body import sample_pose
+from sslbench_plugins.synthetic_people.draws import Random
+from sslbench_plugins.synthetic_people.figure import Figure, Part
 
 #: (parent, child) joints joined by one rigid segment, and its longest length in standing heights
 SEGMENTS = {
@@ -54,6 +61,31 @@ def test_render_person_depends_only_on_the_generator_state() -> None:
     assert np.array_equal(image_a, image_b) and np.array_equal(joints_a, joints_b)
 
 
+def digest(image: np.ndarray, joints: np.ndarray) -> str:
+    """sha256 of an image and its joints, shapes and dtypes included."""
+    content = hashlib.sha256(repr((image.shape, image.dtype.str, joints.shape, joints.dtype.str)).encode())
+    content.update(image.tobytes())
+    content.update(joints.tobytes())
+    return content.hexdigest()
+
+
+def test_rendered_images_and_joints_are_pinned_for_this_render_version() -> None:
+    """Exact bytes of three renders. If this fails, every synthetic image changed: bump RENDER_VERSION
+    (new cell ids and cache entries) and re-pin. It fails too when a new Pillow or numpy draws a pixel
+    differently: then committed synthetic results no longer reproduce bit for bit under version 1."""
+    assert RENDER_VERSION == 1
+    labelled, unlabelled = SyntheticPeople(size=100, seed=0), SyntheticPeople(size=100, seed=7, labelled=False)
+    assert [
+        digest(*render_person(np.random.default_rng(1))),
+        digest(labelled.image(1), labelled.joints(1)),
+        digest(unlabelled.image(0), np.zeros(0, np.float32)),
+    ] == [
+        "2956695bba7837e0054a85ceab290e9d9cddfa092db5d6c11dba5e65f465a148",
+        "861c48aa7961f0575749d253da8ff0e24cc8c6f433b4249c2fe3e01197986800",
+        "3a6df0d93711e6e421f201d727aceba1da21bfed11358ce9dca2d7f6ee433e18",
+    ]
+
+
 def test_images_and_joints_have_the_documented_shapes_and_types(batch) -> None:
     for image, joints in batch:
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
@@ -71,7 +103,7 @@ def test_every_joint_lies_inside_its_image(batch) -> None:
 
 
 def test_connected_joints_are_no_farther_apart_than_the_bone_between_them(batch) -> None:
-    tallest = synthetic.HEIGHT_RANGE[1]
+    tallest = render.HEIGHT_RANGE[1]
     for _, joints in batch:
         for (a, b), longest in SEGMENTS.items():
             assert np.hypot(*(joints[a, :2] - joints[b, :2])) <= longest * tallest
@@ -89,9 +121,9 @@ def test_person_is_about_lsp_size_and_torso_never_collapses(batch) -> None:
 
 def test_left_and_right_limbs_are_built_alike() -> None:
     """In 3-D each bone has its body's length whatever the pose, on both sides."""
-    r = synthetic._Random(np.random.default_rng(5))
+    r = Random(np.random.default_rng(5))
     for _ in range(30):
-        body, _, _, skeleton = synthetic._posed_person(r)
+        body, _, _, skeleton = render._posed_person(r)
         joints = skeleton.joints
         for right, left, length in (((0, 1), (5, 4), body.shin), ((1, 2), (4, 3), body.thigh),
                                     ((6, 7), (11, 10), body.forearm), ((7, 8), (10, 9), body.upper_arm)):  # fmt: skip
@@ -103,9 +135,9 @@ def test_left_and_right_limbs_are_built_alike() -> None:
 
 
 def test_knees_bend_backwards_and_elbows_forwards_only() -> None:
-    r = synthetic._Random(np.random.default_rng(8))
+    r = Random(np.random.default_rng(8))
     for _ in range(50):
-        pose = synthetic._sample_pose(r)
+        pose = sample_pose(r)
         for limb in (*pose.legs, *pose.arms):
             assert 0 <= limb.bend <= 150
 
@@ -124,17 +156,17 @@ def test_a_nearer_part_drawn_over_a_joint_hides_it_but_its_own_part_does_not() -
     draw.rectangle((20, 0, 39, 39), fill=2 * 2 + 1)
     joints = np.full((14, 2), 10.0)
     joints[1] = (30.0, 10.0)
-    part = synthetic._Part([], [], depth=0.0, group="skin", owners=tuple(range(14)))
-    nearer = synthetic._Part([], [], depth=0.5, group="skin", owners=())
-    figure = synthetic._Figure(
+    part = Part([], [], depth=0.0, group="skin", owners=tuple(range(14)))
+    nearer = Part([], [], depth=0.5, group="skin", owners=())
+    figure = Figure(
         origin=(0, 0), size=(40, 40), joints=joints, depths=np.zeros(14),
         mid_depths=np.full(14, np.nan), parts=[part, nearer], reach=3.0,
     )  # fmt: skip
-    visible = synthetic._visibility(label, figure)
+    visible = render._visibility(label, figure)
     assert visible[1] == 0 and visible[0] == 1 and visible.sum() == 13
-    ImageDraw.Draw(label).rectangle((0, 0, 5, 5), fill=synthetic.OCCLUDER_LABEL)
+    ImageDraw.Draw(label).rectangle((0, 0, 5, 5), fill=render.OCCLUDER_LABEL)
     joints[2] = (2.0, 2.0)
-    assert synthetic._visibility(label, figure)[2] == 0  # foreground objects hide joints too
+    assert render._visibility(label, figure)[2] == 0  # foreground objects hide joints too
 
 
 def test_standard_split_mirrors_lsp_halves_with_a_tenth_for_validation() -> None:

@@ -17,23 +17,15 @@ from torch import nn
 
 import sslbench.training.loop as train_module
 import sslbench.training.steps
-from sslbench.checkpoint import load_checkpoint, save_checkpoint
-from sslbench.config import TrainSettings
-from sslbench.data import TaskDataset, make_loader
-from sslbench.errors import CheckpointError, ConfigError
-from sslbench.interfaces import (
-    Backbone,
-    Geometry,
-    ImageDataset,
-    LayerGroup,
-    Metric,
-    SampleKey,
-    Splits,
-    Task,
-)
-from sslbench.joints import NUM_JOINTS
-from sslbench.pipeline import to_tensor
-from sslbench.pose import PoseTask
+from sslbench.contract.config import TrainSettings
+from sslbench.contract.errors import CheckpointError, ConfigError
+from sslbench.contract.interfaces import Geometry, ImageDataset, Metric, SampleKey, Splits, Task
+from sslbench.contract.networks import Backbone, LayerGroup
+from sslbench.data.joints import NUM_JOINTS
+from sslbench.data.loaders import TaskDataset, make_loader
+from sslbench.data.pipeline import to_tensor
+from sslbench.tasks.pose import PoseTask
+from sslbench.training.checkpoint import load_checkpoint, save_checkpoint
 from sslbench.training.device import (
     cpu_has_native_bf16,
     resolve_device,

@@ -10,10 +10,10 @@ from rich.console import Console
 from torch import nn
 
 import sslbench_plugins.policies as policies_plugin
-from sslbench.errors import CheckpointError, ConfigError
-from sslbench.interfaces import Backbone, LayerGroup
-from sslbench.registry import Registry
-from sslbench.transfer import TransferReport, parse_policy, transfer
+from sslbench.contract.errors import CheckpointError, ConfigError
+from sslbench.contract.networks import Backbone, LayerGroup
+from sslbench.contract.registry import Registry
+from sslbench.experiment.transfer import TransferReport, parse_policy, transfer
 
 POLICY_ROLES = {
     "all": {"first", "middle", "later"},
@@ -232,7 +232,7 @@ def test_fine_tuned_layers_change_with_training(registry, policy_name):
 
 @pytest.mark.parametrize("policy_name", ["first", "first+middle"])
 def test_transfer_lr_trains_the_fine_tuned_copies_at_that_multiple_of_the_rate(registry, policy_name):
-    from sslbench.config import TrainSettings
+    from sslbench.contract.config import TrainSettings
     from sslbench.training.optim import make_optimizer, parameter_groups
 
     target = TinyNet(3)

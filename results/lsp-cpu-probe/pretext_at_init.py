@@ -16,10 +16,10 @@ import sys
 
 import torch
 
-from sslbench.interfaces import Geometry
-from sslbench.phases import build_backbone, open_dataset, train_and_val
+from sslbench.contract.interfaces import Geometry
+from sslbench.contract.registry import default_registry
+from sslbench.experiment.phases import build_backbone, open_dataset, train_and_val
 from sslbench.profiles import profile_config
-from sslbench.registry import default_registry
 from sslbench.training.steps import evaluate
 
 

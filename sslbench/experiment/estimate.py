@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sslbench import strategies
-from sslbench.config import RunConfig, TrainSettings
-from sslbench.errors import SSLBenchError
+from sslbench.contract.config import RunConfig, TrainSettings
+from sslbench.contract.errors import SSLBenchError
+from sslbench.contract.registry import Registry
+from sslbench.data.joints import NUM_JOINTS
+from sslbench.experiment import strategies
 from sslbench.experiment.plan import Cell
-from sslbench.joints import NUM_JOINTS
-from sslbench.registry import Registry
-from sslbench.results import iter_records
+from sslbench.results.store import iter_records
 
 #: evaluation (forward, decoding, PCK) runs about this many times faster than training, per image
 #: (measured about 1.8x for cpm6 on a CPU; the backward pass alone would suggest 3x)
@@ -35,7 +35,7 @@ class CellEstimate:
 def measure_throughput(config: RunConfig, registry: Registry, budget_s: float = 3.0, max_batch: int = 8) -> float:
     """Training images per second of the config's backbone, timed on random tensors.
 
-    The step and its timing are those of ``sslbench bench`` (:func:`sslbench.bench.time_training`):
+    The step and its timing are those of ``sslbench bench`` (:func:`sslbench.experiment.bench.time_training`):
     real optimiser steps of :func:`sslbench.training.steps.train_step` (the step ``fit`` takes: forward, pose
     loss on every stage, backward, the downstream optimiser) on the device, in the precision and
     memory format the downstream training would use, after an untimed warm-up; the median step
@@ -45,8 +45,8 @@ def measure_throughput(config: RunConfig, registry: Registry, budget_s: float = 
     """
     import torch
 
-    from sslbench.bench import PROFILE, time_training
-    from sslbench.pose import PoseTask
+    from sslbench.experiment.bench import PROFILE, time_training
+    from sslbench.tasks.pose import PoseTask
     from sslbench.training.device import resolve_device
 
     device = resolve_device(config.downstream.device)
@@ -201,7 +201,7 @@ class Estimator:
 
 def cached_pretrainings(cells: Iterable[Cell], workdir: Path) -> set[str]:
     """Pretraining keys of *cells* already cached under *workdir* (a sweep reuses them)."""
-    from sslbench.phases import is_pretrained
+    from sslbench.experiment.phases import is_pretrained
 
     return {cell.pretrain_key for cell in cells if cell.pretrain_key and is_pretrained(workdir, cell.config)}
 

@@ -30,14 +30,14 @@ from rich.progress import (
     TextColumn,
 )
 
-from sslbench.config import RunConfig
-from sslbench.errors import ConfigError
+from sslbench.contract.config import RunConfig
+from sslbench.contract.errors import ConfigError
 from sslbench.experiment.estimate import format_seconds
 from sslbench.experiment.plan import Cell
-from sslbench.records import SCHEMA, Warn
-from sslbench.results import ResultsStore
+from sslbench.results.records import SCHEMA, Warn
+from sslbench.results.store import ResultsStore
 
-#: a runner trains one cell and returns its result record (see :func:`sslbench.runner.run_cell`)
+#: a runner trains one cell and returns its result record (see :func:`sslbench.experiment.runner.run_cell`)
 Runner = Callable[..., dict]
 
 #: environment variable read by the training code: cap on data-loader worker processes
@@ -71,7 +71,7 @@ def failed_record(cell: Cell, error: str, seconds: float, log: Path | None = Non
                            "precision": config.downstream.precision}  # fmt: skip
     if "torch" in sys.modules:  # the full description needs torch: only when it is loaded anyway
         try:
-            from sslbench import environment
+            from sslbench.experiment import environment
             from sslbench.training.device import resolve_device
 
             env = environment.describe(resolve_device(config.downstream.device), config.downstream.precision)
@@ -101,7 +101,7 @@ def train_budget(config: RunConfig) -> int | None:
     if config.train_size is not None:
         return config.train_size
     try:
-        from sslbench.registry import default_registry
+        from sslbench.contract.registry import default_registry
 
         root = Path(config.root) if config.root else None
         data = default_registry().create("dataset", config.data, "--data", root=root, **config.data_options)
@@ -111,7 +111,7 @@ def train_budget(config: RunConfig) -> int | None:
 
 
 def _default_runner() -> Runner:
-    from sslbench.runner import run_cell
+    from sslbench.experiment.runner import run_cell
 
     return run_cell
 
@@ -312,7 +312,7 @@ def run_sweep(
     """Run every unfinished cell of *cells*, recording each in *results_dir*; returns what happened.
 
     *runner* is called as ``runner(config, workdir, resume=True, console=console)`` and
-    returns the cell's record (default :func:`sslbench.runner.run_cell`). With
+    returns the cell's record (default :func:`sslbench.experiment.runner.run_cell`). With
     ``workers > 1`` each cell runs in its own spawned process with ``cores // workers``
     torch threads (a crashed process is recorded as a failed cell); the runner must
     then be a module-level function.

@@ -13,14 +13,15 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sslbench import strategies
-from sslbench.config import RunConfig, check_setting, config_hash, set_path
-from sslbench.errors import ConfigError, SSLBenchError
-from sslbench.errors import did_you_mean as _hint
+from sslbench.contract.config import RunConfig, config_hash
+from sslbench.contract.errors import ConfigError, SSLBenchError
+from sslbench.contract.errors import did_you_mean as _hint
+from sslbench.contract.registry import Registry
+from sslbench.experiment import strategies
 from sslbench.experiment.spec import Override, SweepSpec
+from sslbench.experiment.transfer import parse_policy
+from sslbench.overrides import check_setting, set_path
 from sslbench.profiles import profile_config
-from sslbench.registry import Registry
-from sslbench.transfer import parse_policy
 
 # ---------------------------------------------------------------------------------- cells
 
@@ -31,7 +32,7 @@ class Cell:
 
     cell_id: str
     config: RunConfig
-    #: the row label of its strategy (:func:`sslbench.strategies.label`)
+    #: the row label of its strategy (:func:`sslbench.experiment.strategies.label`)
     row: str
     #: whether it needs a pretext pretraining
     pretrains: bool = False

@@ -30,8 +30,8 @@ from typing import Any
 
 import tomllib
 
-from sslbench.errors import ConfigError
-from sslbench.errors import did_you_mean as _hint
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.errors import did_you_mean as _hint
 
 #: top-level keys of a sweep spec and what they mean (unknown keys get a "did you mean")
 SPEC_KEYS: dict[str, str] = {

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslbench.config import RunConfig, TrainSettings
-from sslbench.errors import ConfigError
+from sslbench.contract.config import RunConfig, TrainSettings
+from sslbench.contract.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sslbench import atomic
+from sslbench.training import atomic
 
 METRICS_FILE = "metrics.jsonl"
 

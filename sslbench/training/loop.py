@@ -23,14 +23,15 @@ from rich.console import Console
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from sslbench import parts
-from sslbench.config import TrainSettings
-from sslbench.data import TaskDataset, distributed, make_loader
-from sslbench.errors import ConfigError
-from sslbench.interfaces import Backbone, Task
-from sslbench.live_curves import TrainingCurves
+from sslbench.contract.config import TrainSettings
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.interfaces import Task
+from sslbench.contract.networks import Backbone
+from sslbench.data.loaders import TaskDataset, distributed, make_loader
+from sslbench.training import parts
 from sslbench.training.device import prepare_model, training_device, use_bf16
 from sslbench.training.epoch_log import append_jsonl
+from sslbench.training.live_curves import TrainingCurves
 from sslbench.training.optim import make_optimizer, make_scheduler, parameter_groups
 from sslbench.training.run_files import RunCheckpoints, Weights, fit_key, weights_copy
 from sslbench.training.steps import evaluate, train_epoch

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslbench.config import TrainSettings
-from sslbench.errors import ConfigError
-from sslbench.interfaces import Backbone
+from sslbench.contract.config import TrainSettings
+from sslbench.contract.errors import ConfigError
+from sslbench.contract.networks import Backbone
 
 
 def parameter_groups(model: nn.Module, lr: float) -> list[dict[str, Any]]:

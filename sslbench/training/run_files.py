@@ -26,8 +26,13 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from sslbench import parts
-from sslbench.checkpoint import (
+from sslbench.contract.config import OUTPUT_ONLY, TrainSettings, config_hash
+from sslbench.contract.errors import CheckpointError
+from sslbench.contract.interfaces import Task
+from sslbench.contract.networks import Backbone
+from sslbench.data.loaders import TaskDataset
+from sslbench.training import parts
+from sslbench.training.checkpoint import (
     Checkpoint,
     checkpoint_exists,
     checkpoint_paths,
@@ -35,16 +40,12 @@ from sslbench.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from sslbench.config import OUTPUT_ONLY, TrainSettings, config_hash
-from sslbench.data import TaskDataset
-from sslbench.errors import CheckpointError
-from sslbench.interfaces import Backbone, Task
 from sslbench.training.epoch_log import METRICS_FILE, truncate_jsonl
 
 LAST = "last"
 BEST = "best"
 
-#: the best weights of a run and its task's parts at that epoch (:func:`sslbench.parts.snapshot`)
+#: the best weights of a run and its task's parts at that epoch (:func:`sslbench.training.parts.snapshot`)
 Weights = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
 
 

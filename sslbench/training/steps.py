@@ -1,6 +1,6 @@
 """A training step, an evaluation, and one epoch of steps: what :func:`~sslbench.training.loop.fit` repeats.
 
-:func:`train_step` is also the step :mod:`sslbench.bench` times, so the benchmark measures the
+:func:`train_step` is also the step :mod:`sslbench.experiment.bench` times, so the benchmark measures the
 loop's own work.
 """
 
@@ -23,10 +23,10 @@ from rich.progress import (
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from sslbench import parts
-from sslbench.config import TrainSettings
-from sslbench.data import TaskDataset, distributed, make_loader
-from sslbench.interfaces import Task
+from sslbench.contract.config import TrainSettings
+from sslbench.contract.interfaces import Task
+from sslbench.data.loaders import TaskDataset, distributed, make_loader
+from sslbench.training import parts
 from sslbench.training.device import (
     autocast_context,
     batch_to_device,
@@ -54,9 +54,9 @@ def train_step(
     total_steps: int = 1,
 ) -> tuple[torch.Tensor, int]:
     """One optimiser step on *batch*: to the device, forward under autocast, task loss, backward,
-    step, then the task's :meth:`~sslbench.interfaces.Task.after_step` (*step* of *total_steps*).
+    step, then the task's :meth:`~sslbench.contract.interfaces.Task.after_step` (*step* of *total_steps*).
 
-    The step :func:`fit` takes (and :mod:`sslbench.bench` times). Returns the detached
+    The step :func:`fit` takes (and :mod:`sslbench.experiment.bench` times). Returns the detached
     loss and the number of images; the learning-rate schedule is the caller's.
     """
     batch = batch_to_device(batch, device, channels_last)
