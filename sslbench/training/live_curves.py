@@ -8,7 +8,8 @@ shows a sweep's cells side by side while they train. Scalars, by epoch: ``train/
 
 The setting is :attr:`sslbench.contract.config.TrainSettings.tensorboard` (``--set downstream.tensorboard=false``,
 ``pretrain.tensorboard``); it changes no result, so cell ids and pretext cache keys leave it out.
-TensorBoard is a dependency; in an environment without it a run says so once and trains on, with ``metrics.jsonl`` only. A resumed fit drops the curves' steps after the
+TensorBoard is a dependency; in an environment without it a run says so once and trains on, with
+``metrics.jsonl`` only. A resumed fit drops the curves' steps after the
 epoch it resumes from (``purge_step``), as ``metrics.jsonl`` is cut there; a fresh one starts them over.
 """
 

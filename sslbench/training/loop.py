@@ -32,7 +32,7 @@ from sslbench.training import parts
 from sslbench.training.device import prepare_model, training_device, use_bf16
 from sslbench.training.epoch_log import append_jsonl
 from sslbench.training.live_curves import TrainingCurves
-from sslbench.training.optim import make_optimizer, make_scheduler, parameter_groups
+from sslbench.training.optim import optimiser_and_schedule
 from sslbench.training.run_files import RunCheckpoints, Weights, fit_key, weights_copy
 from sslbench.training.steps import evaluate, train_epoch
 from sslbench.training.stopping import EarlyStopping, converge_epoch
@@ -140,35 +140,16 @@ def fit(
     torch.manual_seed(seed)
     channels_last = prepare_model(model, device, settings)
     own_parts = parts.attach(task, model, device, is_distributed)
-    params = parameter_groups(model, settings.lr) + parts.parameter_groups(own_parts, settings.lr)
-    if not params:
-        raise ConfigError("nothing to train: every parameter of the backbone is frozen")
-    optimizer = make_optimizer(params, settings)
     steps_per_epoch = len(make_loader(train_set, settings, shuffle=True, seed=seed, epoch=1))
     if steps_per_epoch == 0:
         raise ConfigError("the training set is empty")
-    scheduler = make_scheduler(optimizer, settings, steps_per_epoch)
+    optimizer, scheduler = optimiser_and_schedule(model, own_parts, settings, steps_per_epoch)
     files = RunCheckpoints(run_dir, fit_key(model, task, train_set, val_set, settings, seed), writer, say)
-    name = label or "fit"
 
-    progress, stopping = Progress(), EarlyStopping(task.monitor_mode, settings.patience)
-    best: Weights | None = None
-    last = files.load_last() if resume else None
-    if last is None:
-        files.start_over()
-    else:
-        info = last.meta["fit"]
-        progress = Progress(**{k: v for k, v in info["progress"].items() if k in Progress.__dataclass_fields__})
-        stopping.restore(info["progress"])
-        best = files.restore_best(last, stopping.best_epoch, stopping.best_metrics)
-        if info.get("done"):
-            _load_best(model, own_parts, best, files)
-            if say:
-                say.print(f"{name}: already finished in {run_dir} (best epoch {stopping.best_epoch})", highlight=False)
-            return FitResult.from_dict(info["result"])
-        files.restore_training(last, model, own_parts, optimizer, scheduler)
-        if say:
-            say.print(f"{name}: resuming {run_dir} after epoch {progress.epoch}", highlight=False)
+    stopping = EarlyStopping(task.monitor_mode, settings.patience)
+    progress, best, finished = _resume(files, resume, model, own_parts, optimizer, scheduler, stopping, label)
+    if finished is not None:
+        return finished
 
     net: nn.Module = model
     if is_distributed:
@@ -247,6 +228,42 @@ def fit(
     if is_distributed:
         dist.barrier()
     return result
+
+
+def _resume(
+    files: RunCheckpoints,
+    resume: bool,
+    model: nn.Module,
+    own_parts: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    stopping: EarlyStopping,
+    label: str,
+) -> tuple[Progress, Weights | None, FitResult | None]:
+    """Where a run starts: afresh, after the last checkpoint's epoch, or finished (its stored result).
+
+    Returns the progress, the best weights so far and, for a finished run, its result (best
+    weights loaded); *stopping* gets the stored best epoch.
+    """
+    last = files.load_last() if resume else None
+    if last is None:
+        files.start_over()
+        return Progress(), None, None
+    info = last.meta["fit"]
+    progress = Progress(**{k: v for k, v in info["progress"].items() if k in Progress.__dataclass_fields__})
+    stopping.restore(info["progress"])
+    best = files.restore_best(last, stopping.best_epoch, stopping.best_metrics)
+    name = label or "fit"
+    if info.get("done"):
+        _load_best(model, own_parts, best, files)
+        if files.say:
+            files.say.print(f"{name}: already finished in {files.run_dir} (best epoch {stopping.best_epoch})",
+                            highlight=False)  # fmt: skip
+        return progress, best, FitResult.from_dict(info["result"])
+    files.restore_training(last, model, own_parts, optimizer, scheduler)
+    if files.say:
+        files.say.print(f"{name}: resuming {files.run_dir} after epoch {progress.epoch}", highlight=False)
+    return progress, best, None
 
 
 def _validate(

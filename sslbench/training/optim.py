@@ -26,6 +26,7 @@ from torch import nn
 from sslbench.contract.config import TrainSettings
 from sslbench.contract.errors import ConfigError
 from sslbench.contract.networks import Backbone
+from sslbench.training import parts
 
 
 def parameter_groups(model: nn.Module, lr: float) -> list[dict[str, Any]]:
@@ -80,3 +81,14 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, functools.partial(lr_factor, settings=settings, steps_per_epoch=steps_per_epoch)
     )
+
+
+def optimiser_and_schedule(
+    model: nn.Module, own_parts: nn.Module | None, settings: TrainSettings, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """The optimiser over *model*'s trainable parameters and the task's parts, and its per-iteration schedule."""
+    params = parameter_groups(model, settings.lr) + parts.parameter_groups(own_parts, settings.lr)
+    if not params:
+        raise ConfigError("nothing to train: every parameter of the backbone is frozen")
+    optimizer = make_optimizer(params, settings)
+    return optimizer, make_scheduler(optimizer, settings, steps_per_epoch)
