@@ -250,6 +250,7 @@ def test_pseudo_labels_are_stored_with_the_cell_and_reused_when_it_resumes(tmp_p
     monkeypatch.setattr(plugin, "predict_joints", lambda *a, **k: pytest.fail("pseudo-labels recomputed"))
     again = run_cell(config, tmp_path)
     assert again["metrics"]["pck@0.2"] == record["metrics"]["pck@0.2"]
+    assert again["strategy_metrics"] == record["strategy_metrics"]  # the labeller's validation check is stored too
 
 
 @pytest.mark.parametrize(
