@@ -109,6 +109,12 @@ class FakePretext:
         self.augment = augment
 
 
+class FakePolicy:
+    """What a plan asks of a transfer policy: it copies no task adapters."""
+
+    includes_adapters = False
+
+
 class Plugin:
     @hookimpl
     def sslbench_backbones(self):
@@ -120,7 +126,7 @@ class Plugin:
 
     @hookimpl
     def sslbench_policies(self):
-        return [Entry(name, "test", object) for name in ("none", "all", "first", "first+middle")]
+        return [Entry(name, "test", FakePolicy) for name in ("none", "all", "first", "first+middle")]
 
     @hookimpl
     def sslbench_datasets(self):
