@@ -203,8 +203,9 @@ def test_a_sweep_plan_prunes_all_with_adapters_for_a_pretext_of_another_map_coun
     (combination, reason), *others = plan.pruned
     assert combination == "pretext rotation x policy all+adapters" and not others
     assert "pretext rotation has 4 output maps where the pose task has 15" in reason
-    result = CliRunner().invoke(main, ["sweep", "--profile", "smoke", "--pretexts", "rotation",
-                                       "--policies", "all+adapters", "--dry-run", "--workdir", str(tmp_path / "runs")])  # fmt: skip
+    args = ["sweep", "--profile", "smoke", "--pretexts", "rotation", "--policies", "all+adapters", "--dry-run",
+            "--workdir", str(tmp_path / "runs")]  # fmt: skip
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert "policy all+adapters copies the task adapters too, but pretext rotation has 4" in result.output
     assert len(result.output.strip().splitlines()) == 1

@@ -6,8 +6,8 @@ statistics included) from the pretext network's state dict into the pose network
 Task adapters (:meth:`Backbone.adapters`, whose shapes depend on the number of outputs)
 are not copied: they keep their fresh initialisation, unless the policy ``includes_adapters``
 (``all+adapters``; the pretext then had the task's number of output maps, else the cell is
-refused before its pretraining, :func:`check_adapter_maps`) and then they are copied and always trained. With ``freeze`` the copied
-modules stop receiving gradients and stay in eval mode (:meth:`Backbone.freeze`), so
+refused before its pretraining, :func:`check_adapter_maps`) and then they are copied and always
+trained. With ``freeze`` the copied modules stop receiving gradients and stay in eval mode (:meth:`Backbone.freeze`), so
 their weights and normalisation statistics are bit-identical after downstream training.
 With ``lr_scale`` the fine-tuned copies train at that multiple of the learning rate
 (:meth:`Backbone.scale_lr`; ``RunConfig.transfer_lr``).
