@@ -151,3 +151,61 @@ def test_the_equivariance_pretext_has_the_pose_tasks_shape_by_default():
     batch = default_collate([Equivariance().make_sample(np.zeros((40, 50, 3), np.uint8), None, SampleKey(0, 0), True,
                                                         Geometry(32, 8))])  # fmt: skip
     assert batch["warped"].shape == batch["image"].shape == (1, 3, 32, 32)
+
+
+# ------------------------------------------------- all+adapters refused before any pretraining
+
+
+def smoke_cell(pretext: str, policy: str = "all+adapters", **pretext_options: object):
+    from sslbench.overrides import set_path
+    from sslbench.profiles import profile_config
+
+    config = set_path(set_path(profile_config("smoke"), ["pretext"], pretext), ["policy"], policy)
+    return set_path(config, ["pretext_options"], dict(pretext_options))
+
+
+class PretrainingStarted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("pretext, options, maps", [("rotation", {}, 4), ("equivariance", {"landmarks": 5}, 5)])
+def test_all_with_adapters_and_a_pretext_of_another_map_count_fail_before_pretraining(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pretext: str, options: dict, maps: int
+):
+    from sslbench.experiment.runner import run_cell
+
+    def pretrain(*args, **kwargs):
+        raise PretrainingStarted
+
+    monkeypatch.setattr("sslbench.experiment.strategies.pretrain", pretrain)
+    with pytest.raises(ConfigError) as raised:
+        run_cell(smoke_cell(pretext, **options), tmp_path)
+    message = str(raised.value)
+    assert f"policy all+adapters copies the task adapters too, but pretext {pretext} has {maps} output maps" in message
+    assert "where the pose task has 15" in message and "\n" not in message
+    with pytest.raises(PretrainingStarted):  # 15 landmarks: the pose task's maps, the pretraining starts
+        run_cell(smoke_cell("equivariance", landmarks=15), tmp_path)
+
+
+def test_a_sweep_plan_prunes_all_with_adapters_for_a_pretext_of_another_map_count(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from sslbench.cli.main import main
+    from sslbench.contract.registry import default_registry
+    from sslbench.experiment.plan import expand
+    from sslbench.experiment.spec import load_spec
+
+    spec = tmp_path / "adapters.toml"
+    spec.write_text('name = "a"\nprofile = "smoke"\npretexts = ["rotation", "equivariance"]\n'
+                    'policies = ["all", "all+adapters"]\nseeds = [0]\n')  # fmt: skip
+    plan = expand(load_spec(spec), default_registry())
+    assert sorted(cell.row for cell in plan.cells) == ["equivariance/all", "equivariance/all+adapters", "rotation/all"]
+    (combination, reason), *others = plan.pruned
+    assert combination == "pretext rotation x policy all+adapters" and not others
+    assert "pretext rotation has 4 output maps where the pose task has 15" in reason
+    args = ["sweep", "--profile", "smoke", "--pretexts", "rotation", "--policies", "all+adapters", "--dry-run",
+            "--workdir", str(tmp_path / "runs")]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert "policy all+adapters copies the task adapters too, but pretext rotation has 4" in result.output
+    assert len(result.output.strip().splitlines()) == 1

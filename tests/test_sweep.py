@@ -109,6 +109,12 @@ class FakePretext:
         self.augment = augment
 
 
+class FakePolicy:
+    """What a plan asks of a transfer policy: it copies no task adapters."""
+
+    includes_adapters = False
+
+
 class Plugin:
     @hookimpl
     def sslbench_backbones(self):
@@ -120,7 +126,7 @@ class Plugin:
 
     @hookimpl
     def sslbench_policies(self):
-        return [Entry(name, "test", object) for name in ("none", "all", "first", "first+middle")]
+        return [Entry(name, "test", FakePolicy) for name in ("none", "all", "first", "first+middle")]
 
     @hookimpl
     def sslbench_datasets(self):
@@ -530,9 +536,19 @@ def test_estimate_uses_throughput_of_earlier_records(tmp_path: Path, registry: R
     assert "median of 1 earlier record" in next(iter(estimator.sources.values()))
 
 
+def pretraining_records(results: Path, cells: list[Cell], img_per_s: float = 30.0) -> None:
+    """Records of earlier cells that pretrained each pretext of *cells* at *img_per_s*, without a downstream
+    speed (this module's stand-in pretexts cannot train, so their steps cannot be timed)."""
+    for cell in {c.config.pretext: c for c in cells if c.pretrains}.values():
+        record = fake_record(cell.config, results.parent / "runs")
+        record["timing"].update(pretrain_img_per_s=img_per_s, downstream_img_per_s=None)
+        write_record(results, record)
+
+
 def test_estimate_times_real_steps_without_records(tmp_path: Path, registry: Registry) -> None:
     cells = plan_of(tmp_path, registry).cells
-    estimator = Estimator(registry, None, measure=True)
+    pretraining_records(tmp_path / "res", cells)
+    estimator = Estimator(registry, tmp_path / "res", measure=True)
     estimates = estimator.estimates(cells)
     assert all(seconds is not None and seconds > 0 for seconds in estimates.values())
     assert any("measured on random tensors" in source for source in estimator.sources.values())
@@ -557,8 +573,78 @@ def test_estimate_charges_nothing_for_a_cached_pretraining(tmp_path: Path, regis
     (cache / "pretrained.json").write_text("{}")
     cached = cached_pretrainings(cells, tmp_path / "runs")
     assert cached == {first.pretrain_key}
-    estimates = Estimator(registry, None, measure=True).estimates(cells, cached)
+    pretraining_records(tmp_path / "res", cells)
+    estimates = Estimator(registry, tmp_path / "res", measure=True).estimates(cells, cached)
     assert estimates[first.cell_id] == pytest.approx(estimates[twin.cell_id])
+
+
+def test_a_pretraining_is_estimated_at_its_own_pretexts_speed_not_the_pose_steps(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    timed: list[tuple[str, str]] = []
+
+    def measured(config: RunConfig, registry: Registry, phase: str = "downstream", **kwargs: Any) -> float:
+        timed.append((phase, config.pretext))
+        return 5.0 if (phase, config.pretext) == ("pretrain", "jigsaw-heatmap") else 20.0  # a 4x dearer pretext
+
+    monkeypatch.setattr("sslbench.experiment.estimate.measure_throughput", measured)
+    cells = plan_of(tmp_path, registry).cells
+    dear = next(c for c in cells if c.config.pretext == "jigsaw-heatmap")
+    cheap = next(c for c in cells if c.config.pretext == "rotation" and c.config.train_size == dear.config.train_size)
+    estimator = Estimator(registry, None, measure=True)
+    dear_s, cheap_s = estimator.estimate(dear), estimator.estimate(cheap)
+    assert dear_s.downstream_s == pytest.approx(cheap_s.downstream_s)
+    assert dear_s.pretrain_s == pytest.approx(4 * cheap_s.pretrain_s)
+    assert ("pretrain", "jigsaw-heatmap") in timed and ("pretrain", "rotation") in timed
+    assert any("pretext jigsaw-heatmap" in what and "5.0 img/s" in source for what, source in estimator.sources.items())
+
+
+def test_a_pretraining_without_its_pretexts_speed_is_unknown_not_the_pose_steps(
+    tmp_path: Path, registry: Registry
+) -> None:
+    cells = plan_of(tmp_path, registry).cells
+    transferred = next(c for c in cells if c.pretrains)
+    record = fake_record(transferred.config, tmp_path / "runs")  # a pose speed, no pretraining speed
+    record["timing"]["downstream_img_per_s"] = 20.0
+    write_record(tmp_path / "res", record)
+    estimate = Estimator(registry, tmp_path / "res", measure=False).estimate(transferred)
+    assert estimate.downstream_s is not None and estimate.pretrain_s is None
+    pretrain_s = {}
+    for speed in (10.0, 20.0):  # earlier pretrainings of the pretext: their speed, whatever the pose step's
+        results = tmp_path / f"res-{speed}"
+        pretraining_records(results, cells, img_per_s=speed)
+        write_record(results, record)
+        pretrain_s[speed] = Estimator(registry, results, measure=False).estimate(transferred).pretrain_s
+    assert pretrain_s[10.0] == pytest.approx(2 * pretrain_s[20.0])
+
+
+def test_a_pretrainings_speed_is_timed_on_the_pretexts_own_step_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sslbench.experiment.bench.measures as measures
+    from sslbench.contract.registry import default_registry
+    from sslbench.experiment.estimate import measure_throughput
+    from sslbench.profiles import profile_config
+
+    config = RunConfig.from_dict({**profile_config("smoke").to_dict(), "pretext": "byol", "policy": "all"})
+    config = RunConfig.from_dict({**config.to_dict(), "pretrain": {**config.to_dict()["pretrain"], "batch_size": 4}})
+    steps: list[tuple[str, int]] = []
+    real_step = measures.train_step
+
+    def recorded(model: Any, task: Any, batch: dict[str, Any], *args: Any) -> Any:
+        steps.append((task.name, int(batch["image"].shape[0])))
+        return real_step(model, task, batch, *args)
+
+    def round_robin(steps_of: list[Any], count: int, device: Any) -> list[list[float]]:
+        for step in steps_of:  # each step runs once; its injected time is 0.01 s whatever the machine
+            step()
+        return [[0.01] * count for _ in steps_of]
+
+    monkeypatch.setattr(measures, "train_step", recorded)
+    monkeypatch.setattr(measures, "_round_robin", round_robin)
+    speed = measure_throughput(config, default_registry(), "pretrain")
+    # the smallest batch a pair-comparing loss takes (warm-up, timed), then the pretraining's batch (not the
+    # pose phase's 8): warm-up and the timed steps
+    assert steps == [("byol", 2), ("byol", 2), ("byol", 4), ("byol", 4)]
+    assert speed == pytest.approx(4 / 0.01)
 
 
 # ------------------------------------------------------------------------------------ CLI

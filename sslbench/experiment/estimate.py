@@ -32,43 +32,60 @@ class CellEstimate:
     downstream_s: float | None
 
 
-def measure_throughput(config: RunConfig, registry: Registry, budget_s: float = 3.0, max_batch: int = 8) -> float:
-    """Training images per second of the config's backbone, timed on random tensors.
+def measure_throughput(
+    config: RunConfig, registry: Registry, phase: str = "downstream", budget_s: float = 3.0, max_batch: int = 8
+) -> float:
+    """Training images per second of the config's *phase* (``downstream`` or ``pretrain``), timed just now.
 
-    The step and its timing are those of ``sslbench bench`` (:func:`sslbench.experiment.bench.time_training`):
-    real optimiser steps of :func:`sslbench.training.steps.train_step` (the step ``fit`` takes: forward, pose
-    loss on every stage, backward, the downstream optimiser) on the device, in the precision and
-    memory format the downstream training would use, after an untimed warm-up; the median step
-    (robust to other processes' bursts) gives the speed. About *budget_s* seconds (3 to 20 steps);
-    a network that needs more than that for one image is timed on single images (a slight
-    underestimate of its batched speed).
+    The steps and their timing are those of ``sslbench bench``: for ``downstream``, real optimiser
+    steps of :func:`sslbench.training.steps.train_step` (the step ``fit`` takes: forward, pose loss on
+    every stage, backward, the downstream optimiser) on random tensors
+    (:func:`sslbench.experiment.bench.time_training`); for ``pretrain``, the training step of the
+    config's pretext with its own parts (a two-view pretext sees every image twice) on a batch of
+    the pretext data at the pretraining's settings (:func:`sslbench.experiment.bench.time_pretext`,
+    the step ``sslbench bench --pretext NAME`` times). On the device, in the precision and memory
+    format the phase would use, after an untimed warm-up; the median step (robust to other
+    processes' bursts) gives the speed. About *budget_s* seconds (3 to 20 steps); a network that
+    needs more than that for its smallest batch (one image; two for a pretext, whose losses may
+    compare the images of a batch) is timed on that batch (a slight underestimate of its batched
+    speed).
     """
     import torch
 
-    from sslbench.experiment.bench import PROFILE, time_training
+    from sslbench.experiment.bench import PROFILE, time_pretext, time_training
     from sslbench.tasks.pose import PoseTask
     from sslbench.training.device import resolve_device
 
-    device = resolve_device(config.downstream.device)
-    net = registry.create(
-        "backbone", config.backbone, "--backbones", num_outputs=NUM_JOINTS + 1, **config.backbone_options
-    )
-    size, maps = int(net.input_size), int(net.input_size) // int(net.stride)
+    base = config.pretrain if phase == "pretrain" else config.downstream
+    device = resolve_device(base.device)
+    if phase == "pretrain":
 
-    def timed(batch: int, steps: int) -> dict[str, Any]:
-        data = {"image": torch.randn(batch, 3, size, size), "centermap": torch.rand(batch, 1, size, size),
-                "target": torch.rand(batch, NUM_JOINTS + 1, maps, maps)}  # fmt: skip
-        settings = dataclasses.replace(config.downstream, batch_size=batch)
-        (run,) = time_training(net, PoseTask(), data, settings, [PROFILE], steps, device)
-        if run["error"]:
-            raise RuntimeError(run["error"])
-        return run
+        def timed(batch: int, steps: int) -> dict[str, Any]:
+            return time_pretext(config, registry, dataclasses.replace(base, batch_size=batch), steps, device)
 
-    single = timed(1, 1)
-    batch = max(1, min(config.downstream.batch_size, max_batch))
-    if batch == 1 or single["step_s"] > budget_s:  # e.g. the paper's network on a CPU: seconds per image
-        return single["images_per_s"]
-    steps = max(3, min(20, int(budget_s / (single["step_s"] * batch))))  # a batch takes at most batch x one image
+        smallest = min(2, base.batch_size)
+    else:
+        net = registry.create(
+            "backbone", config.backbone, "--backbones", num_outputs=NUM_JOINTS + 1, **config.backbone_options
+        )
+        size, maps = int(net.input_size), int(net.input_size) // int(net.stride)
+
+        def timed(batch: int, steps: int) -> dict[str, Any]:
+            data = {"image": torch.randn(batch, 3, size, size), "centermap": torch.rand(batch, 1, size, size),
+                    "target": torch.rand(batch, NUM_JOINTS + 1, maps, maps)}  # fmt: skip
+            settings = dataclasses.replace(base, batch_size=batch)
+            (run,) = time_training(net, PoseTask(), data, settings, [PROFILE], steps, device)
+            if run["error"]:
+                raise RuntimeError(run["error"])
+            return run
+
+        smallest = 1
+    first = timed(smallest, 1)
+    batch = max(smallest, min(base.batch_size, max_batch))
+    if batch == smallest or first["step_s"] > budget_s:  # e.g. the paper's network on a CPU: seconds per image
+        return first["images_per_s"]
+    per_image_s = first["step_s"] / smallest  # a batch takes at most batch x one image
+    steps = max(3, min(20, int(budget_s / (per_image_s * batch))))
     return timed(batch, steps)["images_per_s"]
 
 
@@ -109,33 +126,35 @@ class Estimator:
     def speed(self, config: RunConfig, phase: str = "downstream") -> float | None:
         """Training images/s for *phase* (``downstream`` or ``pretrain``), or None when unknown.
 
-        Pretraining uses earlier records of the same pretext when there are some, else the
-        backbone's downstream speed (same network, a different output layer).
+        Earlier records of the same backbone first (for ``pretrain``: of the same pretext), else
+        a short timing run of the phase's own step (:func:`measure_throughput`; for ``pretrain``
+        the pretext's step: a two-view pretext costs up to 2.5 pose steps). A pretraining is
+        never estimated at the pose step's speed.
         """
-        cache_key = f"{phase}:{config.pretext if phase == 'pretrain' else ''}:{self._backbone_key(config)}"
-        if cache_key not in self._speed:
-            speeds = self._from_records(config, "pretrain_img_per_s", config.pretext) if phase == "pretrain" else []
-            label = f"{self._label(config)}, pretext {config.pretext}" if speeds else self._label(config)
-            speeds = speeds or self._from_records(config, "downstream_img_per_s", None)
+        pretrain = phase == "pretrain"
+        label = f"{self._label(config)}, pretext {config.pretext}" if pretrain else self._label(config)
+        if label not in self._speed:
+            if pretrain:
+                speeds = self._from_records(config, "pretrain_img_per_s", config.pretext)
+            else:
+                speeds = self._from_records(config, "downstream_img_per_s", None)
             if speeds:
                 speed: float | None = statistics.median(speeds)
                 self.sources[label] = f"{speed:.1f} img/s, median of {len(speeds)} earlier record(s)"
             else:
-                speed = self._measured(config) if self.measure else None
-            self._speed[cache_key] = speed
-        return self._speed[cache_key]
+                speed = self._measured(config, phase, label) if self.measure else None
+            self._speed[label] = speed
+        return self._speed[label]
 
-    def _measured(self, config: RunConfig) -> float | None:
-        key = f"measured:{self._backbone_key(config)}"
-        if key not in self._speed:
-            label = self._label(config)
-            try:
-                self._speed[key] = measure_throughput(config, self.registry)
-                self.sources[label] = f"{self._speed[key]:.1f} img/s, measured on random tensors just now"
-            except Exception as exc:  # an estimate must never stop a dry run
-                self._speed[key] = None
-                self.sources[label] = f"unknown (timing failed: {type(exc).__name__}: {exc})"
-        return self._speed[key]
+    def _measured(self, config: RunConfig, phase: str, label: str) -> float | None:
+        try:
+            speed: float | None = measure_throughput(config, self.registry, phase)
+            what = "the pretext's training step on its data" if phase == "pretrain" else "random tensors"
+            self.sources[label] = f"{speed:.1f} img/s, measured on {what} just now"
+        except Exception as exc:  # an estimate must never stop a dry run
+            speed = None
+            self.sources[label] = f"unknown (timing failed: {type(exc).__name__}: {exc})"
+        return speed
 
     def _split_sizes(
         self, name: str, root: str | None, protocol: str, size: int | None, seed: int

@@ -9,6 +9,7 @@ the plan between machines on shared storage.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,10 +19,12 @@ from sslbench.contract.errors import ConfigError, SSLBenchError
 from sslbench.contract.errors import did_you_mean as _hint
 from sslbench.contract.registry import Registry
 from sslbench.experiment import strategies
+from sslbench.experiment.phases import open_dataset
 from sslbench.experiment.spec import Override, SweepSpec
-from sslbench.experiment.transfer import parse_policy
+from sslbench.experiment.transfer import check_adapter_maps, parse_policy
 from sslbench.overrides import check_setting, set_path
 from sslbench.profiles import profile_config
+from sslbench.tasks.semi import pose_task_for
 
 # ---------------------------------------------------------------------------------- cells
 
@@ -164,6 +167,7 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
 
     pruned: dict[str, str] = {}
     cells: dict[str, Cell] = {}
+    pose_maps: dict[str, int | None] = {}
     profile_fields = profile.to_dict()
     command_line = [override for override in spec.overrides if override.command_line]
     for backbone, strategy_name, pretext, (text, policy, freeze), size, seed in itertools.product(
@@ -191,6 +195,12 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
                 raise ConfigError(f"{spec.where('strategy_options', strategy_name)}: {exc}") from None
             pruned.setdefault(combination, str(exc))
             continue
+        if trains[pretext]:
+            try:  # a policy that copies the task adapters and a pretext of another map count: no cell
+                _check_adapter_maps(config, registry, pose_maps)
+            except ConfigError as exc:
+                pruned.setdefault(combination, str(exc))
+                continue
         # what a cell does not use takes the profile's value, so cells that differ only there are one cell
         unused = []
         if not trains[pretext]:
@@ -225,6 +235,26 @@ def expand(spec: SweepSpec, registry: Registry) -> Plan:
         raise ConfigError(f"sweep {spec.name} has no cells, every pretext x policy pair was pruned ({reasons})")
     ordered = order_cells(cells.values(), backbones, spec.pretexts, [text for text, *_ in policies])
     return Plan(spec.name, ordered, list(pruned.items()), spec.description)
+
+
+def _check_adapter_maps(config: RunConfig, registry: Registry, pose_maps: dict[str, int | None]) -> None:
+    """:func:`~sslbench.experiment.transfer.check_adapter_maps` at plan time, before any pretraining. The pose
+    task's map count comes from the labelled dataset (opened once per dataset, into *pose_maps*); one that
+    cannot be opened is left to the run, which says why."""
+    policy = registry.create("policy", config.policy, "--policy")
+    if not policy.includes_adapters:
+        return
+    key = json.dumps([config.data, config.root, config.data_options], sort_keys=True, default=str)
+    if key not in pose_maps:
+        try:
+            data = open_dataset(registry, config.data, config.root, config.data_options, "--data")
+            pose_maps[key] = pose_task_for(data).num_outputs
+        except (SSLBenchError, OSError):
+            pose_maps[key] = None
+    task_maps = pose_maps[key]
+    if task_maps is not None:
+        pretext = registry.create("pretext", config.pretext, "--pretext", **config.pretext_options)
+        check_adapter_maps(policy, config.pretext, pretext.num_outputs, task_maps)
 
 
 def order_cells(

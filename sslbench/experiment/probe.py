@@ -47,7 +47,7 @@ from sslbench.contract.registry import Registry
 from sslbench.data.joints import NUM_JOINTS
 from sslbench.experiment.phases import build_backbone, is_pretrained, open_dataset, pretext_cache_dir, pretrain
 from sslbench.experiment.strategies import pretrains
-from sslbench.experiment.transfer import transfer
+from sslbench.experiment.transfer import check_adapter_maps, transfer
 from sslbench.tasks.pose import PoseTask
 
 #: layer-group roles a probe reads (see the module docstring for why ``later`` is not among them)
@@ -109,8 +109,10 @@ def initial_network(
                 "--pretrain trains it (as long as a cell's pretraining)"
             )
         pretext = registry.create("pretext", config.pretext, "--pretext", **config.pretext_options)
+        policy = registry.create("policy", config.policy, "--policy")
+        check_adapter_maps(policy, config.pretext, pretext.num_outputs, model.num_outputs)
         pretrained = pretrain(config, pretext, workdir, registry, console)
-        transfer(pretrained["state"], model, registry.create("policy", config.policy, "--policy"), freeze=False)
+        transfer(pretrained["state"], model, policy, freeze=False)
     return model.eval()
 
 

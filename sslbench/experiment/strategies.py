@@ -33,7 +33,7 @@ from sslbench.contract.registry import Registry
 from sslbench.contract.skeleton import LSP
 from sslbench.data.loaders import TaskDataset
 from sslbench.experiment.phases import build_backbone, open_dataset, pretrain, train_and_val
-from sslbench.experiment.transfer import transfer
+from sslbench.experiment.transfer import check_adapter_maps, transfer
 from sslbench.tasks.pose import PoseTask
 from sslbench.tasks.pretexts import option_choice, option_float, option_int
 from sslbench.training import distributed
@@ -198,10 +198,11 @@ class Cell:
         pretrained = None
         if pretrains(self.config, self.registry):
             pretext = self.registry.create("pretext", self.config.pretext, "--pretext", **self.config.pretext_options)
+            policy = self.registry.create("policy", self.config.policy, "--policy")
+            check_adapter_maps(policy, self.config.pretext, pretext.num_outputs, self.pose.num_outputs)
             pretrained = pretrain(self.config, pretext, self.workdir, self.registry, self.console)
         model = self.new_network()
         if pretrained is not None:
-            policy = self.registry.create("policy", self.config.policy, "--policy")
             report = transfer(pretrained["state"], model, policy, self.config.freeze, self.config.transfer_lr)
             self.console.print(report.table())
             self.pretrained = pretrained

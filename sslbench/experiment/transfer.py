@@ -5,9 +5,9 @@ copies every parameter *and* buffer of those groups' modules (BatchNorm running
 statistics included) from the pretext network's state dict into the pose network.
 Task adapters (:meth:`Backbone.adapters`, whose shapes depend on the number of outputs)
 are not copied: they keep their fresh initialisation, unless the policy ``includes_adapters``
-(``all+adapters``; the pretext then had the task's number of output maps, else the transfer is
-refused) and then they are copied and always trained. With ``freeze`` the copied
-modules stop receiving gradients and stay in eval mode (:meth:`Backbone.freeze`), so
+(``all+adapters``; the pretext then had the task's number of output maps, else the cell is
+refused before its pretraining, :func:`check_adapter_maps`) and then they are copied and always
+trained. With ``freeze`` the copied modules stop receiving gradients and stay in eval mode (:meth:`Backbone.freeze`), so
 their weights and normalisation statistics are bit-identical after downstream training.
 With ``lr_scale`` the fine-tuned copies train at that multiple of the learning rate
 (:meth:`Backbone.scale_lr`; ``RunConfig.transfer_lr``).
@@ -253,6 +253,17 @@ def transfer(
         copied=tuple(key for key, _, _ in updates),
         lr_scale=float(lr_scale),
     )
+
+
+def check_adapter_maps(policy: TransferPolicy, pretext: str, pretext_maps: int, task_maps: int) -> None:
+    """Before any pretraining: a policy that copies the task adapters (whose shapes follow the number
+    of output maps) needs a pretext with the task's number of maps; else a one-line ConfigError."""
+    if policy.includes_adapters and pretext_maps != task_maps:
+        raise ConfigError(
+            f"policy {policy.name} copies the task adapters too, but pretext {pretext} has {pretext_maps} output "
+            f"maps where the pose task has {task_maps}: pretrain with {task_maps} maps or use a policy without "
+            "the adapters (all)"
+        )
 
 
 def _adapter_updates(

@@ -28,6 +28,7 @@ from sslbench.experiment.bench.measures import (
     count_flops,
     pose_batch,
     slice_batch,
+    time_pretext,
     time_training,
     train_flops_per_image,
 )
@@ -37,5 +38,5 @@ from sslbench.experiment.bench.run import run_bench
 
 __all__ = [
     "BASELINE", "JIGSAW_IMAGE_SIDE", "PROFILE", "BenchPlan", "Variant", "busy_warning", "count_flops",
-    "pose_batch", "result_table", "run_bench", "slice_batch", "time_training", "train_flops_per_image",
+    "pose_batch", "result_table", "run_bench", "slice_batch", "time_pretext", "time_training", "train_flops_per_image",
 ]  # fmt: skip

@@ -253,52 +253,94 @@ def time_training(
     return results
 
 
+def pretext_training_step(registry: Registry, config: RunConfig, name: str, pool: ImageDataset,
+                          settings: TrainSettings, device: torch.device) -> tuple[Callable[[], Any], bool]:  # fmt: skip
+    """The training step of pretext *name* as its pretraining takes it, ready to call, and whether the
+    pretext has parts of its own.
+
+    A fresh backbone of *config* (the pretext's output count; *config*'s pretext options when
+    *name* is its pretext) with the pretext's parts (heads, momentum encoder:
+    :mod:`sslbench.training.parts`) and the optimiser of *settings*, on a batch of
+    ``settings.batch_size`` of its samples of *pool* (a two-view sample is one image).
+    """
+    from sslbench.experiment.phases import build_backbone
+
+    torch.manual_seed(config.seed)
+    task = registry.create("pretext", name, "--pretext", **(config.pretext_options if name == config.pretext else {}))
+    model = build_backbone(registry, config, task.num_outputs)
+    batch = pose_batch(pool, task, Geometry(model.input_size, model.stride), settings.batch_size)
+    return _ready_step(model, task, batch, settings, device)
+
+
+def _ready_step(model: Backbone, task: Task, batch: dict[str, Any], settings: TrainSettings,
+                device: torch.device) -> tuple[Callable[[], Any], bool]:  # fmt: skip
+    """:func:`train_step` of *task* on *model* (prepared, with the task's parts and the optimiser of
+    *settings*) bound to *batch*, and whether the task has parts."""
+    channels_last = prepare_model(model, device, settings)
+    own_parts = parts.attach(task, model, device, distributed=False)
+    groups = parameter_groups(model, settings.lr) + parts.parameter_groups(own_parts, settings.lr)
+    optimizer = make_optimizer(groups, settings)
+    model.train()
+    parts.set_mode(task, True)
+    return functools.partial(train_step, model, task, batch, optimizer, device, settings, channels_last), (
+        own_parts is not None
+    )
+
+
+def _speed(batch_size: int, taken: Sequence[float]) -> dict[str, Any]:
+    median = statistics.median(taken)
+    return {"images_per_s": batch_size / median, "step_s": median, "steps": len(taken)}
+
+
+def time_pretext(config: RunConfig, registry: Registry, settings: TrainSettings, steps: int,
+                 device: torch.device) -> dict[str, Any]:  # fmt: skip
+    """``images_per_s``, ``step_s`` and ``steps`` of the training step of *config*'s pretext at *settings*
+    on its pretext data, timed as :func:`time_pretexts` times every pretext (one untimed step, then
+    the median of *steps*): what a sweep's estimate of a pretraining assumes."""
+    from sslbench.experiment.phases import open_dataset
+
+    pool = open_dataset(registry, config.pretext_data, config.pretext_root, config.pretext_data_options,
+                        "--pretext-data")  # fmt: skip
+    step, _ = pretext_training_step(registry, config, config.pretext, pool, settings, device)
+    step()  # warm-up
+    (taken,) = _round_robin([step], steps, device)
+    return _speed(settings.batch_size, taken)
+
+
 def time_pretexts(ctx: BenchContext, names: Sequence[str], steps: int) -> list[dict[str, Any]]:
     """Images per second of the training step of every pretext in *names*, next to the pose step.
 
-    Each pretext trains a fresh backbone of the bench's config (its own output count) with
-    its own parts (heads, momentum encoder: :mod:`sslbench.training.parts`) on a batch of its samples
-    of the pretext data, at the profile's downstream settings (batch size, precision,
-    memory format), so every row compares with the ``pose`` row like with like. After one
-    untimed step and one counted for FLOPs each, the steps take turns (:func:`_round_robin`).
+    Each pretext trains as :func:`pretext_training_step` builds it, on the pretext data, at the
+    profile's downstream settings (batch size, precision, memory format), so every row compares
+    with the ``pose`` row like with like. After one untimed step and one counted for FLOPs each,
+    the steps take turns (:func:`_round_robin`).
     ``cost_vs_pose`` is a pose step's images per second over the pretext's, ``flops_vs_pose``
     the same for training FLOPs per image (a machine-independent check): a two-view method
     sees each image twice, but its heads read features that may stop before the last stage.
     Images are unlabelled images (a two-view sample is one image).
     """
-    from sslbench.experiment.phases import build_backbone, open_dataset
+    from sslbench.experiment.phases import open_dataset
 
     config, device, settings = ctx.config, ctx.device, ctx.config.downstream
     pool = open_dataset(ctx.registry, config.pretext_data, config.pretext_root, config.pretext_data_options,
                         "--pretext-data")  # fmt: skip
     rows, steps_of = [], []
     for name in ["pose", *names]:
-        torch.manual_seed(config.seed)
         if name == "pose":
-            task, model, batch = ctx.pose, copy.deepcopy(ctx.model), slice_batch(ctx.batch, settings.batch_size)
+            torch.manual_seed(config.seed)
+            batch = slice_batch(ctx.batch, settings.batch_size)
+            step, has_parts = _ready_step(copy.deepcopy(ctx.model), ctx.pose, batch, settings, device)
         else:
-            task = ctx.registry.create(
-                "pretext", name, "--pretext", **(config.pretext_options if name == config.pretext else {})
-            )
-            model = build_backbone(ctx.registry, config, task.num_outputs)
-            batch = pose_batch(pool, task, Geometry(model.input_size, model.stride), settings.batch_size)
-        channels_last = prepare_model(model, device, settings)
-        own_parts = parts.attach(task, model, device, distributed=False)
-        groups = parameter_groups(model, settings.lr) + parts.parameter_groups(own_parts, settings.lr)
-        optimizer = make_optimizer(groups, settings)
-        model.train()
-        parts.set_mode(task, True)
-        step = functools.partial(train_step, model, task, batch, optimizer, device, settings, channels_last)
+            step, has_parts = pretext_training_step(ctx.registry, config, name, pool, settings, device)
         step()  # warm-up
         steps_of.append(step)
         flops = count_flops(step) / settings.batch_size
-        rows.append({"pretext": name, "parts": own_parts is not None, "batch_size": settings.batch_size,
+        rows.append({"pretext": name, "parts": has_parts, "batch_size": settings.batch_size,
                      "train_flops_per_image": flops, "flops_vs_pose": flops / rows[0]["train_flops_per_image"]
                      if rows else 1.0})  # fmt: skip
     pose_speed = None
     for row, taken in zip(rows, _round_robin(steps_of, steps, device)):
-        median = statistics.median(taken)
-        row.update({"images_per_s": row["batch_size"] / median, "step_s": median, "steps": len(taken)})
+        row.update(_speed(row["batch_size"], taken))
         pose_speed = pose_speed or row["images_per_s"]
         row["cost_vs_pose"] = pose_speed / row["images_per_s"]
     return rows
