@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from sslbench.contract.interfaces import ImageDataset, Splits
 from sslbench.contract.networks import Backbone, LayerGroup
 from sslbench.contract.registry import Entry, Registry
 from sslbench.data.joints import NUM_JOINTS
+from sslbench.experiment.phases import pretext_cache_dir
 from sslbench.experiment.probe import (
     BACKGROUND,
     ProbeSettings,
@@ -34,6 +36,7 @@ from sslbench.experiment.probe import (
 )
 from sslbench.overrides import set_path
 from sslbench.profiles import profile_config
+from sslbench.training.checkpoint import load_checkpoint
 from sslbench_plugins import cpm, lsp, policies, rotation, supervised
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,6 +209,26 @@ def test_a_pretraining_must_be_cached_unless_asked_to_train_it(discs, tmp_path):
     assert again["probe_acc"] == first["probe_acc"]
 
 
+def test_kept_epochs_of_a_pretraining_are_probed_with_their_held_out_metrics(discs, tmp_path):
+    fields = {"pretext": "rotation", "policy": "first", "pretext_data": "joint-discs", "train_size": 8,
+              "pretrain.precision": "fp32", "downstream.precision": "fp32", "pretrain.epochs": 2}  # fmt: skip
+    registry = registry_with(discs)
+    plain = probe(tiny_config(**fields), tmp_path, registry, allow_pretrain=True)
+    with pytest.raises(ConfigError, match=r"kept no weights after epoch 1 \(kept: none; pretrain.keep_every"):
+        probe(tiny_config(**fields), tmp_path, registry, kept_epoch=1)
+    config = tiny_config(**fields, **{"pretrain.keep_every": 1})  # the same pretraining, trained again keeping
+    shutil.rmtree(pretext_cache_dir(tmp_path, config))
+    assert probe(config, tmp_path, registry, allow_pretrain=True)["probe_acc"] == plain["probe_acc"]
+    cached = load_checkpoint(pretext_cache_dir(tmp_path, config) / "pretrained")
+    kept = {e: probe(config, tmp_path, registry, kept_epoch=e) for e in (1, 2)}
+    assert kept[2]["pretrain_samples"] == 2 * kept[1]["pretrain_samples"] > 0
+    assert set(kept[1]["pretext_metrics"]) >= {"loss", "rot_acc"}
+    best = cached.meta["best_epoch"]
+    assert kept[best]["probe_acc"] == plain["probe_acc"]  # the best epoch's weights are what the cache holds
+    with pytest.raises(ConfigError, match=r"kept no weights after epoch 3 \(kept: 1, 2\)"):
+        probe(config, tmp_path, registry, kept_epoch=3)
+
+
 def test_policies_choose_the_probed_groups():
     registry = Registry(plugins=[cpm, policies], load_entrypoints=False)
     model = registry.create("backbone", "cpm3", num_outputs=15, input_size=32, width=0.125)
@@ -303,3 +326,24 @@ def test_rows_whose_pretraining_is_not_cached_are_listed_not_probed(tmp_path):
     assert result.exit_code == 0, result.output
     assert "not probed" in result.output and "rotation/first+middle" in result.output
     assert json.loads((tmp_path / "p.json").read_text())["not_probed"] == ["rotation/first+middle"]
+
+
+def test_cli_probes_every_kept_epoch_and_writes_json(tmp_path):
+    root = make_lsp(tmp_path, n=60)
+    args = ["probe", "--profile", "smoke", "--data", "lsp", "--root", str(root), "--train-size", "10",
+            "--input-size", "32", "--pretext", "rotation", "--policy", "first", "--pretext-data", "lsp",
+            "--pretext-root", str(root), "--set", "pretrain.epochs=2", "--set", "pretrain.keep_every=1",
+            "--workdir", str(tmp_path / "runs")]  # fmt: skip
+    trained = CliRunner().invoke(main, [*args, "--pretrain"])
+    assert trained.exit_code == 0, trained.output
+    out = tmp_path / "kept.json"
+    result = CliRunner().invoke(main, [*args, "--kept-epochs", "all", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "after pretraining epoch 2" in result.output and "held-out rot_acc" in result.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["pretrain_epoch"] for r in rows] == [1, 2] and all(0 <= r["probe_acc"] <= 100 for r in rows)
+    for bad, message in [("x", "--kept-epochs must be 'all' or comma-separated epochs, got 'x'"),
+                         ("7", "kept no weights after epoch 7 (kept: 1, 2)")]:  # fmt: skip
+        failed = CliRunner().invoke(main, [*args, "--kept-epochs", bad])
+        assert failed.exit_code == 2 and message in failed.output, failed.output
+        assert len(failed.output.strip().splitlines()) == 1

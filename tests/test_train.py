@@ -35,6 +35,7 @@ from sslbench.training.device import (
 from sslbench.training.epoch_log import read_jsonl
 from sslbench.training.loop import FitResult, fit
 from sslbench.training.optim import lr_factor
+from sslbench.training.run_files import fit_key, kept_checkpoint, kept_epochs
 from sslbench.training.steps import evaluate
 from sslbench.training.stopping import converge_epoch
 
@@ -193,6 +194,35 @@ def test_fit_selects_the_best_validation_epoch_and_loads_its_weights(tmp_path):
     assert {"lr", "train_loss", "val.score", "val.loss", "seconds", "images_per_s"} <= set(lines[0])
     assert [line["improved"] for line in lines] == [True, True, False, False]
     assert result.images_per_s > 0 and result.train_seconds > 0
+
+
+def test_keep_every_keeps_the_weights_after_every_nth_epoch_and_the_last(tmp_path):
+    task = RegressionTask(scores=[1.0, 5.0, 2.0, 3.0, 4.0])
+    train_set, val_set = datasets(task)
+    model = TinyNet(num_outputs=2)
+    fit(model, task, train_set, val_set, settings(epochs=5, keep_every=2), tmp_path, seed=0)
+    assert kept_epochs(tmp_path) == [2, 4, 5]
+    last, best = load_checkpoint(tmp_path / "last"), load_checkpoint(tmp_path / "best")
+    final, second = load_checkpoint(kept_checkpoint(tmp_path, 5)), load_checkpoint(kept_checkpoint(tmp_path, 2))
+    assert final.meta["epoch"] == 5 and final.meta["images"] == 5 * len(train_set)
+    assert final.meta["metrics"]["score"] == 4.0 and second.meta["metrics"]["score"] == 5.0
+    for key in last.state:  # the weights after the epoch, not the best ones the model ends with
+        assert torch.equal(final.state[key], last.state[key]) and torch.equal(second.state[key], best.state[key])
+    # it changes no weight: the run's key is the same, and a fresh start removes what was kept
+    assert fit_key(model, task, train_set, val_set, settings(keep_every=2), 0) == fit_key(
+        model, task, train_set, val_set, settings(), 0)  # fmt: skip
+    fit(TinyNet(num_outputs=2), task, train_set, val_set, settings(epochs=1), tmp_path, seed=0, resume=False)
+    assert kept_epochs(tmp_path) == []
+
+
+def test_keep_every_is_not_part_of_cell_ids_or_pretext_keys():
+    from sslbench.contract.config import RunConfig
+
+    plain = RunConfig(pretext="rotation", policy="all")
+    keeping = RunConfig(pretext="rotation", policy="all", pretrain=TrainSettings(keep_every=1))
+    assert plain.cell_id == keeping.cell_id and plain.pretext_key() == keeping.pretext_key()
+    with pytest.raises(ConfigError, match="keep_every must be >= 0"):
+        TrainSettings(keep_every=-1).validate("pretrain")
 
 
 def test_early_stopping_after_patience_epochs_without_improvement(tmp_path):

@@ -15,12 +15,14 @@ from rich.console import Console
 from rich.table import Table
 
 from sslbench.cli.run import config_from_options, config_options
+from sslbench.contract.config import RunConfig
 from sslbench.contract.errors import ConfigError
 from sslbench.contract.registry import default_registry
-from sslbench.experiment.phases import is_pretrained
+from sslbench.experiment.phases import PRETEXT_RUN, is_pretrained, pretext_cache_dir
 from sslbench.experiment.probe import ProbeRow, ProbeSettings, probe, result_rows, spearman
 from sslbench.experiment.strategies import pretrains, transfer_label
 from sslbench.training.atomic import write_json
+from sslbench.training.run_files import kept_epochs
 
 
 @click.command("probe")
@@ -38,6 +40,9 @@ from sslbench.training.atomic import write_json
               help="Least distance of a background point from every joint, share of the input size.")  # fmt: skip
 @click.option("--C", "c", type=float, default=ProbeSettings.C, show_default=True,
               help="Inverse L2 strength of the logistic regression.")  # fmt: skip
+@click.option("--kept-epochs", "epochs_option", metavar="E,E|all",
+              help="Probe the weights the cell's pretraining kept after these epochs (pretrain.keep_every), "
+              "one row each, instead of its final weights; it may still be training.")  # fmt: skip
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the table as JSON here.")
 def probe_command(
     results_dir: Path | None,
@@ -48,6 +53,7 @@ def probe_command(
     background: int,
     min_distance: float,
     c: float,
+    epochs_option: str | None,
     json_path: Path | None,
     **options: Any,
 ) -> None:
@@ -57,7 +63,8 @@ def probe_command(
     RESULTS_DIR fine-tunes from, and Spearman's correlation of the probe with the rows' fine-tuned test
     PCK@0.2 is printed; without RESULTS_DIR it probes the one cell the `sslbench run` options describe
     (--pretrain trains its pretraining when it is not cached). The probe fits on the budget's training images
-    and scores on the validation images; it never reads the test images."""
+    and scores on the validation images; it never reads the test images. With --kept-epochs it probes that cell's
+    pretraining along the way: does longer pretraining help?"""
     train_size = 200 if options["train_size"] is None else options["train_size"]
     if train_size < 1:
         raise ConfigError(f"--train-size must be >= 1, got {train_size}")
@@ -66,6 +73,13 @@ def probe_command(
     console = Console()
     if not console.is_terminal:  # a log or a pipe: the whole table, not rich's default 80 columns
         console = Console(width=160)
+    if epochs_option is not None:
+        if results_dir is not None:
+            raise ConfigError("--kept-epochs probes the one pretraining the `sslbench run` options describe, "
+                              "not RESULTS_DIR's rows")  # fmt: skip
+        config = config_from_options({**options, "train_size": train_size})
+        probe_kept_epochs(config, epochs_option, workdir, settings, console, json_path)
+        return
     if results_dir is not None:
         given = sorted(k for k, v in options.items() if k not in ("train_size", "profile") and v not in (None, ()))
         if given:
@@ -144,3 +158,46 @@ def probe_command(
                 "not_probed": missing,
             },
         )
+
+
+def probe_kept_epochs(
+    config: RunConfig, epochs_option: str, workdir: Path, settings: ProbeSettings, console: Console,
+    json_path: Path | None,
+) -> None:  # fmt: skip
+    """``--kept-epochs``: the probe, and the held-out pretext metrics, of the pretraining's kept weights by epoch."""
+    registry = default_registry()
+    if not pretrains(config, registry):
+        raise ConfigError(f"--kept-epochs: --pretext {config.pretext} with --policy {config.policy} "
+                          "transfers no pretraining")  # fmt: skip
+    run_dir = pretext_cache_dir(workdir, config) / PRETEXT_RUN
+    kept = kept_epochs(run_dir)
+    if epochs_option.strip() == "all":
+        epochs = kept
+        if not epochs:
+            raise ConfigError(f"--kept-epochs all: {run_dir} kept no weights (pretrain.keep_every keeps them)")
+    else:
+        try:
+            epochs = sorted({int(e) for e in epochs_option.split(",") if e.strip()})
+        except ValueError:
+            raise ConfigError(f"--kept-epochs must be 'all' or comma-separated epochs, got {epochs_option!r}") from None
+    label = transfer_label(config)
+    entries = []
+    for epoch in epochs:
+        found = probe(config, workdir, registry, settings, console, kept_epoch=epoch)
+        console.print(f"{label} after pretraining epoch {epoch} ({found['pretrain_samples']} samples): "
+                      f"probe_acc {found['probe_acc']:.1f} %  ({found['seconds']:.0f} s)", highlight=False)  # fmt: skip
+        entries.append({"row": label, **found})
+    held_out = sorted({name for e in entries for name in e["pretext_metrics"]})
+    table = Table(title=f"linear probe at {config.train_size} labelled images of {label}'s pretraining "
+                  f"by epoch ({run_dir})", title_justify="left")  # fmt: skip
+    for column in ("epoch", "samples", "probe_acc %", "joint_acc %", *(f"held-out {m}" for m in held_out), "s"):
+        table.add_column(column, justify="right")
+    for e in entries:
+        metrics = [f"{e['pretext_metrics'][m]:.4g}" if m in e["pretext_metrics"] else "-" for m in held_out]
+        table.add_row(str(e["pretrain_epoch"]), str(e["pretrain_samples"]), f"{e['probe_acc']:.1f}",
+                      f"{e['joint_acc']:.1f}", *metrics, f"{e['seconds']:.0f}")  # fmt: skip
+    console.print(table)
+    if json_path is not None:
+        write_json(json_path, {"pretraining": str(run_dir), "pretext": config.pretext, "policy": config.policy,
+                               "train_size": config.train_size, "settings": asdict(settings),
+                               "pretrain": asdict(config.pretrain), "rows": entries})  # fmt: skip

@@ -45,6 +45,10 @@ class TrainSettings:
     #: TensorBoard event files beside metrics.jsonl (:mod:`sslbench.training.live_curves`); changes no result,
     #: so it is not part of cell ids, pretext cache keys or resume checks (:data:`OUTPUT_ONLY`)
     tensorboard: bool = True
+    #: also keep the weights after every N-th epoch and the last one (``run_dir/kept/epoch-NNNN``), to probe
+    #: a pretraining along the way (``sslbench probe --kept-epochs``); 0 keeps none. Changes no weight, so it
+    #: is :data:`OUTPUT_ONLY` like ``tensorboard``
+    keep_every: int = 0
 
     def validate(self, section: str) -> None:
         checks = [
@@ -56,6 +60,7 @@ class TrainSettings:
             (self.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32"),
             (self.patience >= 0, "patience must be >= 0"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.keep_every >= 0, "keep_every must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -76,7 +81,7 @@ LATER_FIELDS: dict[str, Any] = {
 
 
 #: TrainSettings fields that only choose what a run writes beside its results: never hashed
-OUTPUT_ONLY: tuple[str, ...] = ("tensorboard",)
+OUTPUT_ONLY: tuple[str, ...] = ("tensorboard", "keep_every")
 
 
 def at_later_default(name: str, value: Any) -> bool:

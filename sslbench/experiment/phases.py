@@ -54,6 +54,10 @@ def train_and_val(
     return train, val
 
 
+#: the run directory of the pretraining inside its cache directory (its checkpoints, metrics.jsonl, kept epochs)
+PRETEXT_RUN = "run"
+
+
 def pretext_cache_dir(workdir: Path, config: RunConfig) -> Path:
     """Where the pretraining *config* needs is cached: ``WORKDIR/pretext/PRETEXT-KEYHASH``."""
     return workdir / "pretext" / f"{config.pretext}-{config_hash(config.pretext_key())}"
@@ -121,7 +125,7 @@ def pretrain(
             f"{len(splits.train)} images ({len(train_set)} per epoch), {len(val_set)} held out"
         )
         fitted = fit(
-            model, pretext, train_set, val_set, config.pretrain, cache_dir / "run",
+            model, pretext, train_set, val_set, config.pretrain, cache_dir / PRETEXT_RUN,
             seed=config.pretraining_seed, resume=True, label=f"pretext {config.pretext}", console=console,
             meta={"pretext_key": key},
         )  # fmt: skip

@@ -41,14 +41,23 @@ from sklearn.preprocessing import StandardScaler
 
 from sslbench.contract.config import RunConfig
 from sslbench.contract.errors import ConfigError
-from sslbench.contract.interfaces import Geometry, ImageDataset, SampleKey
+from sslbench.contract.interfaces import Geometry, ImageDataset, Pretext, SampleKey
 from sslbench.contract.networks import Backbone
 from sslbench.contract.registry import Registry
 from sslbench.data.joints import NUM_JOINTS
-from sslbench.experiment.phases import build_backbone, is_pretrained, open_dataset, pretext_cache_dir, pretrain
+from sslbench.experiment.phases import (
+    PRETEXT_RUN,
+    build_backbone,
+    is_pretrained,
+    open_dataset,
+    pretext_cache_dir,
+    pretrain,
+)
 from sslbench.experiment.strategies import pretrains
 from sslbench.experiment.transfer import check_adapter_maps, transfer
 from sslbench.tasks.pose import PoseTask
+from sslbench.training.checkpoint import Checkpoint, load_checkpoint
+from sslbench.training.run_files import kept_checkpoint, kept_epochs
 
 #: layer-group roles a probe reads (see the module docstring for why ``later`` is not among them)
 PROBED_ROLES = ("first", "middle")
@@ -94,26 +103,54 @@ def probed_groups(model: Backbone, policy_name: str, registry: Registry) -> list
 
 
 def initial_network(
-    config: RunConfig, workdir: Path, registry: Registry, console: Console, allow_pretrain: bool = False
-) -> Backbone:
+    config: RunConfig, workdir: Path, registry: Registry, console: Console, allow_pretrain: bool = False,
+    kept_epoch: int | None = None,
+) -> Backbone:  # fmt: skip
     """The pose network the cell's fine-tuning starts from, in eval mode.
 
     A cached pretraining is required unless *allow_pretrain* (then a missing one is trained, with
-    exactly the config's pretraining settings, and cached like a cell would)."""
+    exactly the config's pretraining settings, and cached like a cell would). With *kept_epoch* the
+    weights that pretraining kept after that epoch (``pretrain.keep_every``) are transferred instead
+    of its final ones; it may still be training."""
     torch.manual_seed(config.seed)
     model = build_backbone(registry, config, PoseTask().num_outputs)
     if pretrains(config, registry):
-        if not allow_pretrain and not is_pretrained(workdir, config):
-            raise ConfigError(
-                f"no cached pretraining of {config.pretext} under {pretext_cache_dir(workdir, config)}; "
-                "--pretrain trains it (as long as a cell's pretraining)"
-            )
         pretext = registry.create("pretext", config.pretext, "--pretext", **config.pretext_options)
         policy = registry.create("policy", config.policy, "--policy")
         check_adapter_maps(policy, config.pretext, pretext.num_outputs, model.num_outputs)
-        pretrained = pretrain(config, pretext, workdir, registry, console)
-        transfer(pretrained["state"], model, policy, freeze=False)
+        transfer(pretrained_state(config, pretext, workdir, registry, console, allow_pretrain, kept_epoch),
+                 model, policy, freeze=False)  # fmt: skip
+    elif kept_epoch is not None:
+        raise ConfigError(f"--kept-epochs: the {config.pretext!r} row transfers no pretraining")
     return model.eval()
+
+
+def pretrained_state(
+    config: RunConfig, pretext: Pretext, workdir: Path, registry: Registry, console: Console,
+    allow_pretrain: bool, kept_epoch: int | None,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The pretrained weights :func:`initial_network` transfers: the cached pretraining's or a kept epoch's."""
+    if kept_epoch is not None:
+        return kept_pretraining(config, workdir, kept_epoch).state
+    if not allow_pretrain and not is_pretrained(workdir, config):
+        raise ConfigError(
+            f"no cached pretraining of {config.pretext} under {pretext_cache_dir(workdir, config)}; "
+            "--pretrain trains it (as long as a cell's pretraining)"
+        )
+    return pretrain(config, pretext, workdir, registry, console)["state"]
+
+
+def kept_pretraining(config: RunConfig, workdir: Path, epoch: int) -> Checkpoint:
+    """The weights the config's pretraining kept after *epoch*, with their epoch's ``metrics`` (held out)
+    and ``images`` (pretraining samples so far) in the meta."""
+    run_dir = pretext_cache_dir(workdir, config) / PRETEXT_RUN
+    kept = kept_epochs(run_dir)
+    if epoch not in kept:
+        raise ConfigError(
+            f"--kept-epochs: the pretraining in {run_dir} kept no weights after epoch {epoch} "
+            f"(kept: {', '.join(map(str, kept)) or 'none; pretrain.keep_every keeps them'})"
+        )
+    return load_checkpoint(kept_checkpoint(run_dir, epoch))
 
 
 # ------------------------------------------------------------------------- the points
@@ -212,19 +249,23 @@ def fit_probe(
 
 def probe(
     config: RunConfig, workdir: Path, registry: Registry, settings: ProbeSettings = ProbeSettings(),
-    console: Console | None = None, allow_pretrain: bool = False,
+    console: Console | None = None, allow_pretrain: bool = False, kept_epoch: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Probe the network the cell *config* fine-tunes from: its score on validation and what went in."""
+    """Probe the network the cell *config* fine-tunes from (with *kept_epoch*: from that epoch of its
+    pretraining, :func:`initial_network`): its score on validation and what went in."""
     console = console or Console(quiet=True)
     settings.validate()
     data = open_dataset(registry, config.data, config.root, config.data_options, "--data")
     splits = data.splits(config.protocol, config.train_size, config.seed)
-    model = initial_network(config, Path(workdir), registry, console, allow_pretrain)
+    model = initial_network(config, Path(workdir), registry, console, allow_pretrain, kept_epoch)
     started = time.perf_counter()  # the probe's own time, without a pretraining it had to train
     groups = probed_groups(model, config.policy, registry)
     train = point_features(model, groups, data, splits.train, config.seed, settings)
     val = point_features(model, groups, data, splits.val, config.seed, settings)
     scores = fit_probe(train, val, settings.C)
+    if kept_epoch is not None:
+        meta = kept_pretraining(config, Path(workdir), kept_epoch).meta
+        scores.update(pretrain_epoch=kept_epoch, pretrain_samples=meta["images"], pretext_metrics=meta["metrics"])
     return {
         **scores,
         "groups": groups,

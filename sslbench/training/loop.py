@@ -117,7 +117,8 @@ def fit(
     Each epoch: train on *train_set* (fresh augmentation, new shuffle), evaluate on
     *val_set*, keep the best epoch by ``task.monitor`` (``task.monitor_mode``), append a
     line to ``run_dir/metrics.jsonl`` and save ``run_dir/last``; ``run_dir/best`` is
-    saved whenever the monitored value improves. Training stops after
+    saved whenever the monitored value improves, and ``run_dir/kept/epoch-NNNN`` after every
+    ``settings.keep_every``-th epoch and the last. Training stops after
     ``settings.epochs`` or when the monitor has not improved for ``settings.patience``
     epochs (0: never early). *meta* (JSON-serialisable, e.g. the run config) is stored
     in both checkpoints.
@@ -207,6 +208,8 @@ def fit(
             append_jsonl(files.metrics, record)
             curves.add_epoch(record)
             epoch_meta = {**base_meta, "epoch": epoch, "metrics": val_metrics}
+            if settings.keep_every and (epoch % settings.keep_every == 0 or done):
+                files.save_kept(model, {**epoch_meta, "images": progress.images})
             state = {**dataclasses.asdict(progress), **stopping.state()}
             files.save_last(model, own_parts, optimizer, scheduler, state, epoch_meta,
                             result.to_dict() if result is not None else None)  # fmt: skip

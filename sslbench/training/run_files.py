@@ -5,6 +5,7 @@ A run directory holds everything needed to resume or inspect a :func:`~sslbench.
     run_dir/metrics.jsonl            one JSON object per epoch (for curves)
     run_dir/last.{safetensors,json}  model + optimiser + schedule + RNG + progress
     run_dir/best.{safetensors,json}  weights of the best validation epoch
+    run_dir/kept/epoch-NNNN.{...}    weights after epoch NNNN (``keep_every``: to probe a run along the way)
 
 ``last`` is written every epoch and ``best`` after it whenever the monitored value improves,
 each atomically, so a kill at any moment leaves a run that resumes exactly. The last
@@ -44,6 +45,7 @@ from sslbench.training.epoch_log import METRICS_FILE, truncate_jsonl
 
 LAST = "last"
 BEST = "best"
+KEPT = "kept"
 
 #: the best weights of a run and its task's parts at that epoch (:func:`sslbench.training.parts.snapshot`)
 Weights = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
@@ -77,6 +79,17 @@ def finished(run_dir: Path) -> bool:
         return bool(json.loads(sidecar.read_text(encoding="utf-8"))["fit"]["done"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def kept_checkpoint(run_dir: Path, epoch: int) -> Path:
+    """The stem of the weights *run_dir* kept after *epoch* (``TrainSettings.keep_every``)."""
+    return Path(run_dir) / KEPT / f"epoch-{epoch:04d}"
+
+
+def kept_epochs(run_dir: Path) -> list[int]:
+    """The epochs whose weights *run_dir* kept, complete files only, in order."""
+    found = (path.stem.removeprefix("epoch-") for path in (Path(run_dir) / KEPT).glob("epoch-*.json"))
+    return sorted(int(e) for e in found if e.isdigit() and checkpoint_exists(kept_checkpoint(run_dir, int(e))))
 
 
 def weights_copy(model: nn.Module, own_parts: nn.Module | None) -> Weights:
@@ -124,7 +137,8 @@ class RunCheckpoints:
         if not self.writer:
             return
         self.metrics.unlink(missing_ok=True)
-        for stem in (self.last, self.best):
+        stems = [self.last, self.best, *(kept_checkpoint(self.run_dir, e) for e in kept_epochs(self.run_dir))]
+        for stem in stems:
             for path in checkpoint_paths(stem):
                 path.unlink(missing_ok=True)
 
@@ -204,6 +218,11 @@ class RunCheckpoints:
 
     def save_best(self, model: nn.Module, best_parts: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         save_checkpoint(self.best, model, meta, extra=best_parts)
+
+    def save_kept(self, model: nn.Module, meta: dict[str, Any]) -> None:
+        """The weights after ``meta["epoch"]``, kept beside the run. Written before ``last``: a kill between
+        the two leaves a file that the resumed run writes again, identically, when it retrains that epoch."""
+        save_checkpoint(kept_checkpoint(self.run_dir, meta["epoch"]), model, meta)
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

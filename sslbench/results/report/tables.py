@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sslbench.contract.config import at_later_default, canonical_options
+from sslbench.contract.config import OUTPUT_ONLY, at_later_default, canonical_options
 from sslbench.contract.errors import ConfigError
 from sslbench.contract.errors import did_you_mean as _hint
 from sslbench.profiles import profile_config
@@ -88,12 +88,16 @@ def _not_supervised(column: str) -> bool:
     return column.startswith(_NOT_SUPERVISED)
 
 
+#: phase settings that change no result: never a distinguishing column
+_NOT_A_RESULT = (".num_workers", ".device", *(f".{name}" for name in OUTPUT_ONLY))
+
+
 def _distinguishing(df: pd.DataFrame) -> list[str]:
     """Config columns (besides the strategy axes) whose values differ between cells."""
     supervised = df["strategy"] == BASELINE
     keys = []
     for column in sorted(c for c in df.columns if c.startswith("config.")):
-        if column in _NOT_DISTINGUISHING or column.endswith((".num_workers", ".device", ".tensorboard")):
+        if column in _NOT_DISTINGUISHING or column.endswith(_NOT_A_RESULT):
             continue
         values = df.loc[~supervised, column] if _not_supervised(column) else df[column]
         if values.map(_hashable).nunique(dropna=False) > 1:
