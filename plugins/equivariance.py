@@ -143,7 +143,7 @@ class Equivariance(KitPretext):
 
     def terms(self, output: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Per-landmark quantities of one stage: ``error`` (B, K) input pixels, ``inside`` (B, K), ``variance``
-        (2B, K) cells², ``crowding`` (2B, K)."""
+        (2B, K) cells², ``crowding`` (2B, K), ``distance2`` (2B, K, K) squared landmark distances in cells."""
         size, m = batch["image"].shape[-1], output.shape[-1]
         stride = size // m
         points, variance = soft_landmarks(output * self.temperature, stride)
@@ -155,7 +155,7 @@ class Equivariance(KitPretext):
         off_diagonal = 1.0 - torch.eye(cells.shape[1], device=cells.device, dtype=cells.dtype)
         crowding = (torch.exp(-distance2 / (2 * self.separation_sigma**2)) * off_diagonal).sum(-1)
         return {"error": (moved - second).norm(dim=-1), "inside": inside, "variance": variance, "crowding": crowding,
-                "apart": distance2.clamp_min(0).sqrt() * stride}  # fmt: skip
+                "distance2": distance2}  # fmt: skip
 
     def loss(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
         """Equivariance + concentration + separation (map cells), summed over stages."""
@@ -187,8 +187,9 @@ class EquivarianceMetric(PretextMetric):
             self.averages.add("equivariance_px", float((t["error"] * t["inside"]).sum()), float(t["inside"].sum()))
             spread = t["variance"].clamp_min(0).sqrt() * stride / math.sqrt(2)  # per-axis standard deviation
             self.averages.add("spread_px", float(spread.sum()), spread.numel())
-            k = t["apart"].shape[1]
-            self.averages.add("apart_px", float(t["apart"].sum()) / max(k * (k - 1), 1), t["apart"].shape[0])
+            apart = t["distance2"].clamp_min(0).sqrt() * stride  # (2B, K, K) input pixels, 0 on the diagonal
+            k = apart.shape[1]
+            self.averages.add("apart_px", float(apart.sum()) / max(k * (k - 1), 1), apart.shape[0])
 
 
 @hookimpl

@@ -18,8 +18,8 @@ from sslbench.cli.run import config_from_options, config_options
 from sslbench.contract.config import RunConfig
 from sslbench.contract.errors import ConfigError
 from sslbench.contract.registry import default_registry
-from sslbench.experiment.phases import PRETEXT_RUN, is_pretrained, pretext_cache_dir
-from sslbench.experiment.probe import ProbeRow, ProbeSettings, probe, result_rows, spearman
+from sslbench.experiment.phases import is_pretrained
+from sslbench.experiment.probe import ProbeRow, ProbeSettings, kept_run_dir, probe, result_rows, spearman
 from sslbench.experiment.strategies import pretrains, transfer_label
 from sslbench.training.atomic import write_json
 from sslbench.training.run_files import kept_epochs
@@ -166,13 +166,9 @@ def probe_kept_epochs(
 ) -> None:  # fmt: skip
     """``--kept-epochs``: the probe, and the held-out pretext metrics, of the pretraining's kept weights by epoch."""
     registry = default_registry()
-    if not pretrains(config, registry):
-        raise ConfigError(f"--kept-epochs: --pretext {config.pretext} with --policy {config.policy} "
-                          "transfers no pretraining")  # fmt: skip
-    run_dir = pretext_cache_dir(workdir, config) / PRETEXT_RUN
-    kept = kept_epochs(run_dir)
+    run_dir = kept_run_dir(config, workdir, registry)
     if epochs_option.strip() == "all":
-        epochs = kept
+        epochs = kept_epochs(run_dir)
         if not epochs:
             raise ConfigError(f"--kept-epochs all: {run_dir} kept no weights (pretrain.keep_every keeps them)")
     else:

@@ -41,7 +41,7 @@ from sklearn.preprocessing import StandardScaler
 
 from sslbench.contract.config import RunConfig
 from sslbench.contract.errors import ConfigError
-from sslbench.contract.interfaces import Geometry, ImageDataset, Pretext, SampleKey
+from sslbench.contract.interfaces import Geometry, ImageDataset, SampleKey
 from sslbench.contract.networks import Backbone
 from sslbench.contract.registry import Registry
 from sslbench.data.joints import NUM_JOINTS
@@ -104,46 +104,44 @@ def probed_groups(model: Backbone, policy_name: str, registry: Registry) -> list
 
 def initial_network(
     config: RunConfig, workdir: Path, registry: Registry, console: Console, allow_pretrain: bool = False,
-    kept_epoch: int | None = None,
+    kept: Checkpoint | None = None,
 ) -> Backbone:  # fmt: skip
     """The pose network the cell's fine-tuning starts from, in eval mode.
 
     A cached pretraining is required unless *allow_pretrain* (then a missing one is trained, with
-    exactly the config's pretraining settings, and cached like a cell would). With *kept_epoch* the
-    weights that pretraining kept after that epoch (``pretrain.keep_every``) are transferred instead
-    of its final ones; it may still be training."""
+    exactly the config's pretraining settings, and cached like a cell would). With *kept* (a
+    :func:`kept_pretraining`) those weights of the pretraining are transferred instead of its final ones."""
     torch.manual_seed(config.seed)
     model = build_backbone(registry, config, PoseTask().num_outputs)
     if pretrains(config, registry):
         pretext = registry.create("pretext", config.pretext, "--pretext", **config.pretext_options)
         policy = registry.create("policy", config.policy, "--policy")
         check_adapter_maps(policy, config.pretext, pretext.num_outputs, model.num_outputs)
-        transfer(pretrained_state(config, pretext, workdir, registry, console, allow_pretrain, kept_epoch),
-                 model, policy, freeze=False)  # fmt: skip
-    elif kept_epoch is not None:
-        raise ConfigError(f"--kept-epochs: the {config.pretext!r} row transfers no pretraining")
+        if kept is not None:
+            state = kept.state
+        elif allow_pretrain or is_pretrained(workdir, config):
+            state = pretrain(config, pretext, workdir, registry, console)["state"]
+        else:
+            raise ConfigError(
+                f"no cached pretraining of {config.pretext} under {pretext_cache_dir(workdir, config)}; "
+                "--pretrain trains it (as long as a cell's pretraining)"
+            )
+        transfer(state, model, policy, freeze=False)
     return model.eval()
 
 
-def pretrained_state(
-    config: RunConfig, pretext: Pretext, workdir: Path, registry: Registry, console: Console,
-    allow_pretrain: bool, kept_epoch: int | None,
-) -> dict[str, torch.Tensor]:  # fmt: skip
-    """The pretrained weights :func:`initial_network` transfers: the cached pretraining's or a kept epoch's."""
-    if kept_epoch is not None:
-        return kept_pretraining(config, workdir, kept_epoch).state
-    if not allow_pretrain and not is_pretrained(workdir, config):
-        raise ConfigError(
-            f"no cached pretraining of {config.pretext} under {pretext_cache_dir(workdir, config)}; "
-            "--pretrain trains it (as long as a cell's pretraining)"
-        )
-    return pretrain(config, pretext, workdir, registry, console)["state"]
+def kept_run_dir(config: RunConfig, workdir: Path, registry: Registry) -> Path:
+    """The run directory of the config's pretraining, where ``pretrain.keep_every`` keeps its weights by epoch."""
+    if not pretrains(config, registry):
+        raise ConfigError(f"--kept-epochs: --pretext {config.pretext} with --policy {config.policy} "
+                          "transfers no pretraining")  # fmt: skip
+    return pretext_cache_dir(workdir, config) / PRETEXT_RUN
 
 
-def kept_pretraining(config: RunConfig, workdir: Path, epoch: int) -> Checkpoint:
+def kept_pretraining(config: RunConfig, workdir: Path, registry: Registry, epoch: int) -> Checkpoint:
     """The weights the config's pretraining kept after *epoch*, with their epoch's ``metrics`` (held out)
     and ``images`` (pretraining samples so far) in the meta."""
-    run_dir = pretext_cache_dir(workdir, config) / PRETEXT_RUN
+    run_dir = kept_run_dir(config, workdir, registry)
     kept = kept_epochs(run_dir)
     if epoch not in kept:
         raise ConfigError(
@@ -257,15 +255,16 @@ def probe(
     settings.validate()
     data = open_dataset(registry, config.data, config.root, config.data_options, "--data")
     splits = data.splits(config.protocol, config.train_size, config.seed)
-    model = initial_network(config, Path(workdir), registry, console, allow_pretrain, kept_epoch)
+    kept = None if kept_epoch is None else kept_pretraining(config, Path(workdir), registry, kept_epoch)
+    model = initial_network(config, Path(workdir), registry, console, allow_pretrain, kept)
     started = time.perf_counter()  # the probe's own time, without a pretraining it had to train
     groups = probed_groups(model, config.policy, registry)
     train = point_features(model, groups, data, splits.train, config.seed, settings)
     val = point_features(model, groups, data, splits.val, config.seed, settings)
     scores = fit_probe(train, val, settings.C)
-    if kept_epoch is not None:
-        meta = kept_pretraining(config, Path(workdir), kept_epoch).meta
-        scores.update(pretrain_epoch=kept_epoch, pretrain_samples=meta["images"], pretext_metrics=meta["metrics"])
+    if kept is not None:
+        scores.update(pretrain_epoch=kept_epoch, pretrain_samples=kept.meta["images"],
+                      pretext_metrics=kept.meta["metrics"])  # fmt: skip
     return {
         **scores,
         "groups": groups,
