@@ -673,7 +673,7 @@ def test_cli_dry_run_prints_plan_pretrainings_pruned_and_estimate(cli: CliRunner
     assert "pretext pretrainings" in result.output and "P2" in result.output
     assert "pretext none x policy first:" in result.output
     assert "estimated time left" in result.output and "measured on random tensors" in " ".join(result.output.split())
-    assert "2 pretext pretraining(s), 0 cached in runs" in " ".join(result.output.split())
+    assert "2 pretext pretraining(s), 0 cached in runs, 2 to train" in " ".join(result.output.split())
     assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
 
 
@@ -687,6 +687,8 @@ def test_cli_sweep_then_report(cli: CliRunner, tmp_path: Path) -> None:
     assert len(records) == 12
     result = cli.invoke(cli_group(), args)
     assert "0 done, 0 failed, 12 finished earlier" in result.output
+    plan = " ".join(cli.invoke(cli_group(), [*args[:-4], "--seeds", "0,1", *args[-2:], "--dry-run"]).output.split())
+    assert "pretraining(s), 0 cached in runs, 0 to train" in plan and "not needed" in plan
     report = cli.invoke(cli_group(), ["report", "results/demo", "--format", "markdown"])
     assert report.exit_code == 0, report.output
     assert "| rotation/first |" in report.output and "## Failed cells" in report.output

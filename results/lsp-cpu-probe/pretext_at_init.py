@@ -7,6 +7,8 @@ Each pretext gets the cpu profile's network, initialised like its pretraining (s
 outputs), evaluated exactly as a pretraining's held-out metric is (sslbench.training.steps.evaluate on the held-out
 split). ``trivial``: inpaint predicting 0 everywhere (the mean colour), spark predicting every patch's own mean
 (0 in per-patch normalised units), equivariance mapping every landmark to the centre of both views.
+Each pretext at its defaults: pretext-at-init.json's equivariance entry is of the first defaults (temperature
+1, concentration 1; README section 3).
 """
 
 from __future__ import annotations

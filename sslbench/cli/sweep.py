@@ -125,13 +125,15 @@ def print_plan(plan: Plan, results: Path, workdir: Path, console: Console, estim
     console.print(table)
     if plan.description:
         console.print(plan.description, highlight=False)
+    to_train = {key for key, cells in groups.items()
+                if key not in cached and any(statuses[cell.cell_id] != "done" for cell in cells)}  # fmt: skip
     if groups:
         shared = Table(title="pretext pretrainings (each trained once, reused by its cells)", title_justify="left")
         for column in ("", "key", "pretext", "backbone", "pretext data", "seed", "cells", "status"):
-            shared.add_column(column, no_wrap=column in ("key", "pretext"))
+            shared.add_column(column, no_wrap=column in ("key", "pretext", "status"))
         for key, cells in groups.items():
             c = cells[0].config
-            status = "cached" if key in cached else "to train"
+            status = "cached" if key in cached else "to train" if key in to_train else "not needed"
             shared.add_row(short[key], key, c.pretext, c.backbone, c.pretext_data, str(c.pretraining_seed),
                            str(len(cells)), status)  # fmt: skip
         console.print(shared)
@@ -142,7 +144,8 @@ def print_plan(plan: Plan, results: Path, workdir: Path, console: Console, estim
     counts = {s: sum(1 for v in statuses.values() if v == s) for s in ("done", "failed", "started", "new")}
     console.print(
         f"{len(plan.cells)} cells: {counts['done']} done, {counts['failed']} failed, {counts['started']} started, "
-        f"{counts['new']} new; {len(groups)} pretext pretraining(s), {len(cached)} cached in {workdir}",
+        f"{counts['new']} new; {len(groups)} pretext pretraining(s), {len(cached)} cached in {workdir}, "
+        f"{len(to_train)} to train",
         highlight=False,
     )
     if estimates is not None:
