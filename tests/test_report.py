@@ -372,3 +372,17 @@ def test_a_strategy_option_only_other_cells_set_does_not_name_a_row(tmp_path: Pa
     rows = set(build_report(load_results(out, warn=lambda message: None)).summary["row"])
     assert rows == {"supervised", "consistency", "consistency [strategy_options.weight=0.0]",
                     "pseudo-label [strategy_options.threshold=0.35]"}
+
+
+def test_a_pretext_option_only_other_cells_set_does_not_name_a_row(tmp_path: Path):
+    out = tmp_path / "ssl"
+    for seed in (0, 1):
+        write_record(out, make_record(tmp_path, "supervised", seed, 50.0))
+        for pretext, options, pck in (("equivariance", {}, 51.0), ("equivariance", {"temperature": 1.0}, 50.0),
+                                      ("moco", {}, 49.0)):  # fmt: skip
+            record = make_record(tmp_path, "rotation/all", seed, pck)
+            config = RunConfig.from_dict({**record["config"], "pretext": pretext, "pretext_options": options})
+            record.update(cell_id=config.cell_id, config=config.to_dict(), strategy=f"{pretext}/all")
+            write_record(out, record)
+    rows = set(build_report(load_results(out, warn=lambda message: None)).summary["row"])
+    assert rows == {"supervised", "equivariance/all", "equivariance/all [pretext_options.temperature=1.0]", "moco/all"}

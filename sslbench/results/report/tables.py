@@ -124,8 +124,8 @@ def _at_default(row: pd.Series, column: str) -> bool:
     defaults = _profile_defaults(str(row.get("config.profile")), backbone if isinstance(backbone, str) else None)
     if name.startswith("backbone_options.") and name not in defaults and _hashable(row[column]) is None:
         return True  # an option the profile gives other backbones only (a CPM's norm on a timm row)
-    if name.startswith("strategy_options.") and name not in defaults and _hashable(row[column]) is None:
-        return True  # an option another strategy's cells set: this one runs at its own default
+    if name.startswith(("strategy_options.", "pretext_options.")) and _hashable(row[column]) is None:
+        return True  # an option other strategies' or pretexts' cells set: this one runs at its own default
     if name.startswith("pretext_options.") and _hashable(row[column]) is not None:
         option, value = name.removeprefix("pretext_options."), row[column]  # spelled out at the pretext's default?
         value = value.item() if isinstance(value, np.generic) else value
