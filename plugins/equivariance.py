@@ -42,6 +42,7 @@ second-view landmark's preimage, both carried through the affine part A (second-
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -90,14 +91,19 @@ def first_view_points(spline: dict[str, torch.Tensor], points: torch.Tensor) -> 
     return warp_points_tps(flat, *(spline[k].to(points.dtype) for k in ("tps_centers", "tps_kernel", "tps_affine")))
 
 
+@functools.cache
+def pixel_centres(size: int) -> torch.Tensor:
+    """(1, size², 2) the (x, y) of every pixel of a size x size image, row by row (read only: shared)."""
+    ys, xs = np.mgrid[:size, :size].astype(np.float32)
+    return torch.from_numpy(np.stack([xs, ys], axis=-1).reshape(1, -1, 2))
+
+
 def spline_warp(view: np.ndarray, matrix: np.ndarray, spline: dict[str, torch.Tensor]) -> np.ndarray:
     """The (size, size, 3) second view of *view*: pixel p takes the first view's colour at ``T(A^-1 p)``
     (bilinear, the pipeline's fill outside), pixel centres at integer coordinates as in :func:`warp`."""
     size = view.shape[0]
-    ys, xs = np.mgrid[:size, :size].astype(np.float32)
-    pixels = torch.from_numpy(np.stack([xs, ys], axis=-1).reshape(1, -1, 2))
     batch = {"warp": torch.from_numpy(matrix)[None], **{k: v[None] for k, v in spline.items()}}
-    source = first_view_points(batch, pixels).view(1, size, size, 2) * (2.0 / (size - 1)) - 1.0
+    source = first_view_points(batch, pixel_centres(size)).view(1, size, size, 2) * (2.0 / (size - 1)) - 1.0
     fill = torch.tensor(FILL, dtype=torch.float32).view(1, 3, 1, 1)
     image = torch.tensor(view, dtype=torch.float32).permute(2, 0, 1)[None] - fill
     sampled = torch.nn.functional.grid_sample(image, source.float(), mode="bilinear", align_corners=True) + fill
