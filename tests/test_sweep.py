@@ -17,11 +17,11 @@ from click.testing import CliRunner
 
 import sslbench.cli.sweep
 from sslbench.contract.config import RunConfig, config_hash
-from sslbench.contract.errors import ConfigError
+from sslbench.contract.errors import ConfigError, DataError
 from sslbench.contract.hookspecs import hookimpl
 from sslbench.contract.registry import Entry, Registry
 from sslbench.data.joints import JOINT_NAMES, PARTS
-from sslbench.experiment.estimate import Estimator, cached_pretrainings
+from sslbench.experiment.estimate import Estimator, cached_pretrainings, measure_sample_rate, with_loading
 from sslbench.experiment.executor import execute_cell, next_cell, run_sweep, worker_threads
 from sslbench.experiment.plan import Cell, Plan, expand, parse_shard, shard_cells, split_policy
 from sslbench.experiment.spec import SPEC_KEYS, SweepSpec, find_line, load_spec
@@ -83,6 +83,9 @@ def _plugin_classes() -> tuple[type, type]:
 
         def image_id(self, index: int) -> str:
             return f"im{index:04d}"
+
+        def joints(self, index: int):
+            return np.array([[1 + i % 6, 1 + i // 3, 1] for i in range(14)], np.float32)
 
         def splits(self, protocol: str, train_size: int | None, seed: int):
             return train_val_test(range(40), range(40, 60), 10, train_size, seed)
@@ -551,7 +554,8 @@ def test_estimate_times_real_steps_without_records(tmp_path: Path, registry: Reg
     estimator = Estimator(registry, tmp_path / "res", measure=True)
     estimates = estimator.estimates(cells)
     assert all(seconds is not None and seconds > 0 for seconds in estimates.values())
-    assert any("measured on random tensors" in source for source in estimator.sources.values())
+    sources = estimator.sources.values()
+    assert any("the step on random tensors" in source and "samples made at" in source for source in sources)
     for group in Plan("t", cells).pretrainings().values():
         first = group[0]
         twin = next(c for c in group[1:] if c.config.train_size == first.config.train_size)
@@ -597,6 +601,51 @@ def test_a_pretraining_is_estimated_at_its_own_pretexts_speed_not_the_pose_steps
     assert dear_s.pretrain_s == pytest.approx(4 * cheap_s.pretrain_s)
     assert ("pretrain", "jigsaw-heatmap") in timed and ("pretrain", "rotation") in timed
     assert any("pretext jigsaw-heatmap" in what and "5.0 img/s" in source for what, source in estimator.sources.items())
+
+
+def test_loading_slows_an_estimate_only_where_the_loaders_cannot_keep_up() -> None:
+    assert with_loading(10.0, 10.0, workers=0) == pytest.approx(5.0)  # made between steps: the times add up
+    assert with_loading(10.0, 100.0, workers=1) == pytest.approx(10.0)  # made while the step runs
+    assert with_loading(10.0, 4.0, workers=2) == pytest.approx(8.0)  # two workers at 4 samples/s each
+
+
+def test_a_measured_speed_counts_the_time_to_make_its_samples(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[str] = []
+
+    def sample_rate(config: RunConfig, registry: Registry, phase: str = "downstream", **kwargs: Any) -> float:
+        made.append(phase)
+        return 5.0  # samples per second, a quarter of the step's 20 img/s
+
+    monkeypatch.setattr("sslbench.experiment.estimate.measure_throughput", lambda *args, **kwargs: 20.0)
+    monkeypatch.setattr("sslbench.experiment.estimate.measure_sample_rate", sample_rate)
+    cells = plan_of(tmp_path, registry).cells
+    supervised = next(c for c in cells if c.row == "supervised")
+    workers = supervised.config.downstream.num_workers
+    estimator = Estimator(registry, None, measure=True)
+    assert estimator.speed(supervised.config) == pytest.approx(with_loading(20.0, 5.0, workers))
+    assert made == ["downstream"]
+    assert "samples made at 5.0/s" in next(iter(estimator.sources.values()))
+
+
+def test_a_sample_rate_is_timed_on_the_phases_own_data(tmp_path: Path, registry: Registry) -> None:
+    supervised = next(c for c in plan_of(tmp_path, registry).cells if c.row == "supervised")
+    assert measure_sample_rate(supervised.config, registry, "downstream", budget_s=0.05) > 0
+
+
+def test_data_that_cannot_be_read_leaves_the_steps_speed_and_says_so(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreadable(*args: Any, **kwargs: Any) -> float:
+        raise DataError("dataset 'synthetic' at /nowhere has no joint labels")
+
+    monkeypatch.setattr("sslbench.experiment.estimate.measure_throughput", lambda *args, **kwargs: 20.0)
+    monkeypatch.setattr("sslbench.experiment.estimate.measure_sample_rate", unreadable)
+    supervised = next(c for c in plan_of(tmp_path, registry).cells if c.row == "supervised")
+    estimator = Estimator(registry, None, measure=True)
+    assert estimator.speed(supervised.config) == pytest.approx(20.0)
+    assert "loading not timed (DataError: dataset 'synthetic' at /nowhere" in next(iter(estimator.sources.values()))
 
 
 def test_a_pretraining_without_its_pretexts_speed_is_unknown_not_the_pose_steps(
@@ -672,7 +721,7 @@ def test_cli_dry_run_prints_plan_pretrainings_pruned_and_estimate(cli: CliRunner
     assert "10 cells" in result.output
     assert "pretext pretrainings" in result.output and "P2" in result.output
     assert "pretext none x policy first:" in result.output
-    assert "estimated time left" in result.output and "measured on random tensors" in " ".join(result.output.split())
+    assert "estimated time left" in result.output and "the step on random tensors" in " ".join(result.output.split())
     assert "2 pretext pretraining(s), 0 cached in runs, 2 to train" in " ".join(result.output.split())
     assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
 

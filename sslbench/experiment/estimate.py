@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 from sslbench.contract.config import RunConfig, TrainSettings
 from sslbench.contract.errors import SSLBenchError
+from sslbench.contract.interfaces import Geometry
 from sslbench.contract.registry import Registry
 from sslbench.data.joints import NUM_JOINTS
 from sslbench.experiment import strategies
@@ -89,6 +91,53 @@ def measure_throughput(
     return timed(batch, steps)["images_per_s"]
 
 
+def measure_sample_rate(
+    config: RunConfig, registry: Registry, phase: str = "downstream", budget_s: float = 1.0
+) -> float:
+    """Training samples per second this process makes for the config's *phase*, timed just now.
+
+    What a loader worker does for each sample: read and decode an image of the phase's training
+    split (the labelled budget's images for ``downstream``, the pretext pool's for ``pretrain``)
+    and make its task's augmented sample (:class:`~sslbench.data.loaders.TaskDataset`: the pose
+    sample with its belief maps, or the pretext's sample of one image, both views of a two-view
+    pretext). About *budget_s* seconds of samples (3 to 32) after untimed ones.
+    """
+    from sslbench.data.loaders import TaskDataset
+    from sslbench.experiment.bench.measures import time_samples
+    from sslbench.experiment.phases import build_backbone, open_dataset
+    from sslbench.tasks.pose import PoseTask
+
+    if phase == "pretrain":
+        task = registry.create("pretext", config.pretext, "--pretext", **config.pretext_options)
+        images = open_dataset(registry, config.pretext_data, config.pretext_root, config.pretext_data_options,
+                              "--pretext-data")  # fmt: skip
+        indices = images.splits("standard", None, config.pretraining_seed).train
+    else:
+        task = PoseTask()
+        images = open_dataset(registry, config.data, config.root, config.data_options, "--data")
+        indices = images.splits(config.protocol, config.train_size, config.seed).train
+    net = build_backbone(registry, config, task.num_outputs)
+    samples = TaskDataset(
+        images, indices, task, Geometry(int(net.input_size), int(net.stride)), config.seed, train=True
+    )
+    start = time.perf_counter()
+    samples[0]  # also the untimed first sample
+    count = max(3, min(32, int(budget_s / max(time.perf_counter() - start, 1e-6))))
+    return time_samples(lambda i: samples[i % len(samples)], count)
+
+
+def with_loading(step_speed: float, sample_speed: float, workers: int) -> float:
+    """Training images/s of a loop whose steps run at *step_speed* and whose samples are made at
+    *sample_speed* each by *workers* loader processes (0: in the training process, between steps).
+
+    Without workers the two add up; workers make samples while the step runs, so the slower of
+    the two sets the pace.
+    """
+    if workers <= 0:
+        return 1.0 / (1.0 / step_speed + 1.0 / sample_speed)
+    return min(step_speed, workers * sample_speed)
+
+
 class Estimator:
     """Seconds per cell from measured throughput: earlier records first, else a short timing run."""
 
@@ -147,13 +196,27 @@ class Estimator:
         return self._speed[label]
 
     def _measured(self, config: RunConfig, phase: str, label: str) -> float | None:
+        """The phase's step timed (:func:`measure_throughput`), slowed by the time its loaders take to
+        make the samples (:func:`measure_sample_rate`, :func:`with_loading`) where that can be timed."""
         try:
-            speed: float | None = measure_throughput(config, self.registry, phase)
-            what = "the pretext's training step on its data" if phase == "pretrain" else "random tensors"
-            self.sources[label] = f"{speed:.1f} img/s, measured on {what} just now"
+            step = measure_throughput(config, self.registry, phase)
         except Exception as exc:  # an estimate must never stop a dry run
-            speed = None
             self.sources[label] = f"unknown (timing failed: {type(exc).__name__}: {exc})"
+            return None
+        what = "the pretext's training step on its data" if phase == "pretrain" else "the step on random tensors"
+        workers = (config.pretrain if phase == "pretrain" else config.downstream).num_workers
+        try:
+            made = measure_sample_rate(config, self.registry, phase)
+        except Exception as exc:  # the data cannot be read here: the step alone (too fast)
+            self.sources[label] = (
+                f"{step:.1f} img/s, measured on {what} just now; loading not timed ({type(exc).__name__}: {exc})"
+            )
+            return step
+        speed = with_loading(step, made, workers)
+        by = f"{workers} loader worker(s)" if workers else "the training process"
+        self.sources[label] = (
+            f"{speed:.1f} img/s, measured just now: {what} {step:.1f} img/s, samples made at {made:.1f}/s by {by}"
+        )
         return speed
 
     def _split_sizes(
