@@ -629,9 +629,23 @@ def test_a_measured_speed_counts_the_time_to_make_its_samples(
     assert "samples made at 5.0/s" in next(iter(estimator.sources.values()))
 
 
-def test_a_sample_rate_is_timed_on_the_phases_own_data(tmp_path: Path, registry: Registry) -> None:
+def test_a_sample_rate_is_timed_on_the_phases_own_data(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_class = _plugin_classes()[1]
+    read: list[int] = []
+    real_image = data_class.image
+
+    def image(self: Any, index: int) -> Any:
+        read.append(index)
+        return real_image(self, index)
+
+    monkeypatch.setattr(data_class, "image", image)
     supervised = next(c for c in plan_of(tmp_path, registry).cells if c.row == "supervised")
-    assert measure_sample_rate(supervised.config, registry, "downstream", budget_s=0.05) > 0
+    c = supervised.config
+    assert measure_sample_rate(c, registry, "downstream", budget_s=0.05) > 0
+    budget = set(data_class().splits(c.protocol, c.train_size, c.seed).train)
+    assert len(read) >= 4 and set(read) <= budget  # untimed and timed samples: the labelled budget's images only
 
 
 def test_data_that_cannot_be_read_leaves_the_steps_speed_and_says_so(
